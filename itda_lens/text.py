@@ -1,0 +1,205 @@
+"""Corpora into fixed-length token sequences that remember where each token came from.
+
+Documents come from a local text or JSON-lines file, a Hugging Face dataset (by hub
+name, streamed) or, with neither, the built-in corpus: the Python Language Reference
+topics that ship inside every CPython (:mod:`pydoc_data.topics`), so the main job runs
+with no network and no files.
+
+Each document is tokenised on its own with character offsets and cut into sequences of
+``seq_len`` tokens: a BOS token followed by ``seq_len - 1`` tokens of the document. The
+last sequence of a document is padded. BOS and padding positions are marked in
+``TokenBatch.mask`` so that they are never atoms, training signals or metric terms.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+from itda_lens.provenance import CONTEXT_CHARS, Provenance, document_id
+
+Split = Literal["train", "heldout", "all"]
+
+#: Share of documents (chosen by content hash) kept aside for evaluation.
+HELDOUT_FRACTION = 0.1
+
+_WIKITEXT_TITLE = re.compile(r"^ = [^=].* = $")
+
+
+def file_documents(path: str | Path) -> Iterator[str]:
+    """Documents of a local file.
+
+    ``.jsonl``: one JSON object per line with a ``"text"`` field. Other files are plain
+    text, cut at WikiText article titles (`` = Title = ``) when there are any, else at
+    blank lines.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no text file at {path}.")
+    return _file_documents(path)
+
+
+def _file_documents(path: Path) -> Iterator[str]:
+    if path.suffix == ".jsonl":
+        with path.open(encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        text = json.loads(line)["text"]
+                    except (json.JSONDecodeError, KeyError, TypeError) as err:
+                        raise ValueError(f"{path}:{number} is not a JSON object with a 'text' field.") from err
+                    if text.strip():
+                        yield text
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    titled = any(_WIKITEXT_TITLE.match(line.rstrip("\n")) for line in lines)
+    document: list[str] = []
+    for line in lines:
+        starts_new = _WIKITEXT_TITLE.match(line.rstrip("\n")) if titled else not line.strip()
+        if starts_new and "".join(document).strip():
+            yield "".join(document)
+            document = []
+        if titled or line.strip():
+            document.append(line)
+    if "".join(document).strip():
+        yield "".join(document)
+
+
+def hf_documents(name: str, config: str | None = None, split: str = "train", column: str = "text") -> Iterator[str]:
+    """Documents of a Hugging Face dataset, streamed."""
+    import datasets
+
+    for row in datasets.load_dataset(name, config, split=split, streaming=True):
+        if column not in row:
+            raise ValueError(f"dataset {name!r} has no column {column!r}; its columns are {sorted(row)}.")
+        text = row[column]
+        if isinstance(text, str) and text.strip():
+            yield text
+
+
+def builtin_documents() -> Iterator[str]:
+    """The Python Language Reference topics shipped with CPython, one per document."""
+    from pydoc_data.topics import topics
+
+    for name in sorted(topics):
+        yield topics[name]
+
+
+def select_split(documents: Iterable[str], split: Split) -> Iterator[str]:
+    """``train`` or ``heldout`` documents, chosen by content hash (about
+    :data:`HELDOUT_FRACTION` held out), or ``all`` of them."""
+    if split not in ("train", "heldout", "all"):
+        raise ValueError(f"split must be 'train', 'heldout' or 'all', got {split!r}.")
+    for text in documents:
+        held = (document_id(text) % 1000) < HELDOUT_FRACTION * 1000
+        if split == "all" or held == (split == "heldout"):
+            yield text
+
+
+@dataclass
+class TokenBatch:
+    """Sequences of token ids with, per position, where the token came from."""
+
+    tokens: Int[Tensor, "batch seq"]
+    mask: Bool[Tensor, "batch seq"]
+    doc: Int[Tensor, "batch seq"]
+    token_index: Int[Tensor, "batch seq"]
+    char_start: Int[Tensor, "batch seq"]
+    char_end: Int[Tensor, "batch seq"]
+    documents: dict[int, str]
+
+    @property
+    def n_tokens(self) -> int:
+        """Positions that count (not BOS or padding)."""
+        return int(self.mask.sum())
+
+    def provenance(self, positions: Int[Tensor, " n"]) -> Provenance:
+        """Records for flat positions (indices into ``tokens.flatten()``)."""
+        columns = [t.flatten()[positions] for t in (self.doc, self.token_index, self.char_start, self.char_end)]
+        token_id = self.tokens.flatten()[positions]
+        tokens, before, after = [], [], []
+        for doc, start, end in zip(*(c.tolist() for c in (columns[0], columns[2], columns[3]))):
+            text = self.documents[doc]
+            tokens.append(text[start:end])
+            before.append(text[max(0, start - CONTEXT_CHARS) : start])
+            after.append(text[end : end + CONTEXT_CHARS])
+        return Provenance(*columns[:2], columns[2], columns[3], token_id, tokens, before, after)
+
+
+def token_batches(
+    documents: Iterable[str],
+    tokenizer,
+    seq_len: int = 128,
+    batch_size: int = 16,
+    max_tokens: int | None = None,
+) -> Iterator[TokenBatch]:
+    """Batches of ``batch_size`` sequences of ``seq_len`` tokens, until ``max_tokens``
+    tokens (not counting BOS and padding) or the documents run out."""
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be at least 2 (BOS and one token), got {seq_len}.")
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        raise ValueError("the tokenizer has no BOS token; itda-lens starts every sequence with one.")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else bos
+    rows: list[list[tuple[int, int, int, int, int]]] = []
+    texts: dict[int, str] = {}
+    remaining = max_tokens if max_tokens is not None else float("inf")
+    produced = 0
+    for text in documents:
+        doc = document_id(text)
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        entries = [(tok, doc, i, s, e) for i, (tok, (s, e)) in enumerate(zip(encoded["input_ids"], encoded["offset_mapping"]))]
+        for start in range(0, len(entries), seq_len - 1):
+            if remaining <= 0:
+                break
+            chunk = entries[start : start + seq_len - 1][: int(min(seq_len - 1, remaining))]
+            rows.append(chunk)
+            texts[doc] = text
+            remaining -= len(chunk)
+            if len(rows) == batch_size:
+                yield _collate(rows, texts, seq_len, bos, pad)
+                produced += 1
+                rows, texts = [], {}
+        if remaining <= 0:
+            break
+    if rows:
+        yield _collate(rows, texts, seq_len, bos, pad)
+        produced += 1
+    if produced == 0:
+        raise ValueError("the corpus has no text: pass a non-empty file or dataset.")
+
+
+def _collate(rows, texts, seq_len, bos, pad) -> TokenBatch:
+    n = len(rows)
+    tokens = torch.full((n, seq_len), pad, dtype=torch.long)
+    tokens[:, 0] = bos
+    mask = torch.zeros(n, seq_len, dtype=torch.bool)
+    columns = [torch.full((n, seq_len), -1, dtype=torch.long) for _ in range(4)]
+    for r, chunk in enumerate(rows):
+        if not chunk:
+            continue
+        values = torch.tensor(chunk, dtype=torch.long)
+        tokens[r, 1 : 1 + len(chunk)] = values[:, 0]
+        mask[r, 1 : 1 + len(chunk)] = True
+        for column, values_column in zip(columns, values[:, 1:].T):
+            column[r, 1 : 1 + len(chunk)] = values_column
+    return TokenBatch(tokens, mask, *columns, documents=dict(texts))
+
+
+def documents_from(text_file: str | Path | None = None, dataset: str | None = None, **dataset_args) -> Iterator[str]:
+    """Documents from a file, a dataset name, or the built-in corpus when neither is given."""
+    if text_file is not None and dataset is not None:
+        raise ValueError("give a text file or a dataset, not both.")
+    if text_file is not None:
+        return file_documents(text_file)
+    if dataset is not None:
+        return hf_documents(dataset, **dataset_args)
+    return builtin_documents()

@@ -1,0 +1,31 @@
+"""Shared fixtures: the real embedded SmolLM2-135M-Instruct and the shared WikiText text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+WIKITEXT = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "wikitext-2" / "valid.txt"
+
+
+@pytest.fixture(scope="session")
+def wikitext() -> Path:
+    if not WIKITEXT.exists():
+        pytest.skip(f"the shared corpus is not at {WIKITEXT}")
+    return WIKITEXT
+
+
+@pytest.fixture(scope="session")
+def bridge():
+    """SmolLM2-135M-Instruct as a TransformerLens TransformerBridge."""
+    from itda_lens.models import load_model
+
+    torch.manual_seed(0)
+    return load_model(backend="transformer_lens")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(bridge):
+    return bridge.tokenizer
