@@ -116,7 +116,9 @@ class DictionaryBuilder:
         return keep
 
     def _gram_view(self) -> Tensor | None:
-        return None if self._gram is None else self._gram[: self.n_atoms, : self.n_atoms]
+        if self._gram is None:
+            return None
+        return self._gram[: self.n_atoms, : pursuit.padded_width(self.n_atoms)]
 
     def _append(self, units: Float[Tensor, "a d_model"]) -> None:
         old, new = self.n_atoms, self.n_atoms + len(units)
@@ -134,12 +136,14 @@ class DictionaryBuilder:
         capacity = max(needed, 2 * len(self._atoms), 1024)
         if self.max_atoms is not None:
             capacity = min(capacity, self.max_atoms)
+        capacity = pursuit.padded_width(capacity)
         atoms = torch.empty(capacity, self.d_model, device=self.device)
         atoms[: self.n_atoms] = self.atoms
         self._atoms = atoms
         if self._gram is not None and capacity**2 * 4 <= GRAM_MAX_BYTES:
-            gram = torch.empty(capacity, capacity, device=self.device)
-            gram[: self.n_atoms, : self.n_atoms] = self._gram_view()
+            # Zeros beyond the atoms are the padding that pursuit.gram_matrix also has.
+            gram = torch.zeros(capacity, capacity, device=self.device)
+            gram[: self.n_atoms, : self.n_atoms] = self._gram[: self.n_atoms, : self.n_atoms]
             self._gram = gram
         else:
             self._gram = None

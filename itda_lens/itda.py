@@ -127,10 +127,10 @@ class ITDA(nn.Module):
         self._gram = None
         return super()._apply(fn, recurse)
 
-    def gram(self) -> Float[Tensor, "n_atoms n_atoms"] | None:
-        """The cached Gram matrix of the atoms, or ``None`` when it would exceed
+    def gram(self) -> Float[Tensor, "n_atoms width"] | None:
+        """The cached (padded) Gram matrix of the atoms, or ``None`` when it would exceed
         :data:`GRAM_MAX_BYTES` (then encoding uses dense matching pursuit)."""
-        if self.n_atoms**2 * self.atoms.element_size() > GRAM_MAX_BYTES:
+        if self.n_atoms * pursuit.padded_width(self.n_atoms) * self.atoms.element_size() > GRAM_MAX_BYTES:
             return None
         if self._gram is None:
             self._gram = pursuit.gram_matrix(self.atoms)

@@ -19,22 +19,35 @@ its index in both slots; after a refit the later slot's value is 0.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
 from torch import Tensor
 
-Method = Literal["gram", "dense"]
+if TYPE_CHECKING:  # annotations only: these kernels run inside remote nnsight traces, where jaxtyping is absent
+    from jaxtyping import Float, Int
 
 #: Correlation entries held at once per chunk of tokens (about 16 MiB in float32).
 CHUNK_ELEMENTS = 1 << 22
 
+#: Width of the blocks in which the largest correlation is searched; correlation rows
+#: are zero-padded to a multiple of it.
+BLOCK = 128
 
-def gram_matrix(atoms: Float[Tensor, "n_atoms d_model"]) -> Float[Tensor, "n_atoms n_atoms"]:
-    """The Gram matrix ``atoms @ atoms.T`` used by the ``gram`` method."""
-    return atoms @ atoms.T
+
+def padded_width(n_atoms: int) -> int:
+    """``n_atoms`` rounded up to a multiple of :data:`BLOCK`."""
+    return -(-n_atoms // BLOCK) * BLOCK
+
+
+def gram_matrix(atoms: Float[Tensor, "n_atoms d_model"]) -> Float[Tensor, "n_atoms width"]:
+    """The Gram matrix ``atoms @ atoms.T`` used by the ``gram`` method, with zero
+    columns up to :func:`padded_width`."""
+    n_atoms = atoms.shape[0]
+    gram = atoms.new_zeros(n_atoms, padded_width(n_atoms))
+    gram[:, :n_atoms] = atoms @ atoms.T
+    return gram
 
 
 def pursuit(
@@ -42,30 +55,35 @@ def pursuit(
     atoms: Float[Tensor, "n_atoms d_model"],
     k: int,
     *,
-    gram: Float[Tensor, "n_atoms n_atoms"] | None = None,
+    gram: Float[Tensor, "n_atoms width"] | None = None,
     refit: bool = True,
     chunk_tokens: int | None = None,
 ) -> tuple[Int[Tensor, "n k"], Float[Tensor, "n k"]]:
     """Encode ``x`` with ``k`` steps of signed matching pursuit.
 
-    Uses the ``gram`` method when ``gram`` is given, else the ``dense`` one; both give
-    the same codes up to float rounding. Tokens are processed in chunks so memory is
-    ``O(chunk * n_atoms)`` whatever ``n``.
+    Uses the ``gram`` method when ``gram`` (as from :func:`gram_matrix`) is given,
+    else the ``dense`` one; both give the same codes up to float rounding. Tokens are
+    processed in chunks so memory is ``O(chunk * n_atoms)`` whatever ``n``.
     """
     n_atoms = atoms.shape[0]
     if not 1 <= k <= n_atoms:
         raise ValueError(f"k={k} must be between 1 and the number of atoms ({n_atoms}).")
+    width = padded_width(n_atoms)
+    if gram is not None and (gram.shape[0] != n_atoms or gram.shape[1] != width):
+        raise ValueError(f"gram must have shape ({n_atoms}, {width}) as from gram_matrix, got {tuple(gram.shape)}.")
     if chunk_tokens is None:
-        chunk_tokens = max(1, CHUNK_ELEMENTS // n_atoms)
+        chunk_tokens = max(1, CHUNK_ELEMENTS // width)
+    padded_atoms = None if gram is not None else torch.cat([atoms, atoms.new_zeros(width - n_atoms, atoms.shape[1])])
     indices = torch.empty(x.shape[0], k, dtype=torch.long, device=x.device)
     values = torch.empty(x.shape[0], k, dtype=x.dtype, device=x.device)
     for start in range(0, x.shape[0], chunk_tokens):
         chunk = x[start : start + chunk_tokens]
-        correlations = chunk @ atoms.T
+        correlations = chunk.new_zeros(len(chunk), width)
+        correlations[:, :n_atoms] = chunk @ atoms.T
         if gram is not None:
             idx, val = _gram_steps(correlations.clone(), gram, k)
         else:
-            idx, val = _dense_steps(chunk, atoms, k)
+            idx, val = _dense_steps(chunk, padded_atoms, k)
         if refit:
             val = least_squares_refit(correlations, idx, atoms, gram)
         indices[start : start + chunk_tokens] = idx
@@ -74,66 +92,59 @@ def pursuit(
 
 
 def _gram_steps(
-    correlations: Float[Tensor, "m n_atoms"], gram: Float[Tensor, "n_atoms n_atoms"], k: int
+    correlations: Float[Tensor, "m width"], gram: Float[Tensor, "n_atoms width"], k: int
 ) -> tuple[Int[Tensor, "m k"], Float[Tensor, "m k"]]:
     m = correlations.shape[0]
     idx = torch.empty(m, k, dtype=torch.long, device=correlations.device)
     val = torch.empty(m, k, dtype=correlations.dtype, device=correlations.device)
-    scratch = torch.empty_like(correlations)
+    rows = torch.empty_like(correlations)
     for step in range(k):
         best = _abs_argmax(correlations)
         coef = correlations.gather(1, best[:, None])
         idx[:, step] = best
         val[:, step] = coef[:, 0]
-        torch.index_select(gram, 0, best, out=scratch)
-        correlations.addcmul_(scratch, coef, value=-1.0)
+        torch.index_select(gram, 0, best, out=rows)
+        correlations.addcmul_(rows, coef, value=-1.0)
     return idx, val
 
 
 def _dense_steps(
-    x: Float[Tensor, "m d_model"], atoms: Float[Tensor, "n_atoms d_model"], k: int
+    x: Float[Tensor, "m d_model"], padded_atoms: Float[Tensor, "width d_model"], k: int
 ) -> tuple[Int[Tensor, "m k"], Float[Tensor, "m k"]]:
     m = x.shape[0]
     idx = torch.empty(m, k, dtype=torch.long, device=x.device)
     val = torch.empty(m, k, dtype=x.dtype, device=x.device)
     residual = x.clone()
     for step in range(k):
-        correlations = residual @ atoms.T
+        correlations = residual @ padded_atoms.T
         best = _abs_argmax(correlations)
         coef = correlations.gather(1, best[:, None])
         idx[:, step] = best
         val[:, step] = coef[:, 0]
-        residual.addcmul_(atoms[best], coef, value=-1.0)
+        residual.addcmul_(padded_atoms[best], coef, value=-1.0)
     return idx, val
 
 
-def _abs_argmax(values: Float[Tensor, "m n"], block: int = 128) -> Int[Tensor, "m"]:
-    """``values.abs().argmax(1)``, first index on ties, via block maxima.
+def _abs_argmax(values: Float[Tensor, "m width"]) -> Int[Tensor, " m"]:
+    """``values.abs().argmax(1)`` (first index on ties) for a width that is a multiple
+    of :data:`BLOCK`.
 
-    PyTorch's CPU argmax is several times slower than ``amax``; the block with the
+    PyTorch's CPU argmax is several times slower than ``aminmax``; the block with the
     largest magnitude, then the argmax inside it, gives the same index.
     """
-    m, n = values.shape
-    n_main = n - n % block
-    if n_main == 0:
-        return values.abs().argmax(dim=1)
-    blocks = values[:, :n_main].view(m, n_main // block, block)
-    block_max = torch.maximum(blocks.amax(dim=2), blocks.amin(dim=2).neg_())
-    best_block = block_max.argmax(dim=1)
-    rows = torch.arange(m, device=values.device)
-    best = best_block * block + blocks[rows, best_block].abs().argmax(dim=1)
-    if n_main < n:
-        tail_max, tail_arg = values[:, n_main:].abs().max(dim=1)
-        beats = tail_max > block_max[rows, best_block]
-        best = torch.where(beats, tail_arg + n_main, best)
-    return best
+    m, width = values.shape
+    blocks = values.view(m, width // BLOCK, BLOCK)
+    low, high = torch.aminmax(blocks, dim=2)
+    best_block = torch.maximum(high, low.neg_()).argmax(dim=1)
+    inside = blocks[torch.arange(m, device=values.device), best_block].abs().argmax(dim=1)
+    return best_block * BLOCK + inside
 
 
 def least_squares_refit(
-    correlations: Float[Tensor, "m n_atoms"],
+    correlations: Float[Tensor, "m width"],
     idx: Int[Tensor, "m k"],
     atoms: Float[Tensor, "n_atoms d_model"],
-    gram: Float[Tensor, "n_atoms n_atoms"] | None = None,
+    gram: Float[Tensor, "n_atoms width"] | None = None,
 ) -> Float[Tensor, "m k"]:
     """Least-squares coefficients on the atoms ``idx`` from ``correlations = x @ atoms.T``."""
     if gram is not None:

@@ -29,3 +29,15 @@ def bridge():
 @pytest.fixture(scope="session")
 def tokenizer(bridge):
     return bridge.tokenizer
+
+
+@pytest.fixture(scope="session")
+def nnsight_model():
+    """SmolLM2-135M-Instruct as an nnsight LanguageModel (its own copy of the weights)."""
+    import warnings
+
+    from itda_lens.models import load_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # LanguageModel is a deprecated alias of TransformersModel in nnsight 0.8
+        return load_model(backend="nnsight")

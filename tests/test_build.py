@@ -1,0 +1,112 @@
+import pytest
+import torch
+
+from itda_lens.activations import TransformerLensSource
+from itda_lens.build import DictionaryBuilder, build
+from itda_lens.provenance import document_id
+from itda_lens.text import file_documents, select_split, token_batches
+
+HOOK = "blocks.3.hook_resid_post"
+
+
+def test_no_duplicates_within_or_across_batches():
+    torch.manual_seed(0)
+    x = torch.randn(40, 16)
+    batch = torch.cat([x, x[:10] * 3.0, -x[:5]])
+    builder = DictionaryBuilder(16, k=4, threshold=0.2)
+    added, _ = builder.update(batch)
+    assert added == [i for i in added if i < 40]
+    assert builder.update(batch)[0] == []
+    units = builder.atoms
+    cos = units @ units.T - torch.eye(len(units))
+    assert cos.abs().max() < 1 - 1e-4
+
+
+def test_threshold_is_scale_and_width_free():
+    torch.manual_seed(0)
+    x = torch.randn(300, 64)
+    small, large = DictionaryBuilder(64, k=8, threshold=0.3), DictionaryBuilder(64, k=8, threshold=0.3)
+    assert small.update(x)[0] == large.update(x * 1000.0)[0]
+    with pytest.raises(ValueError, match=r"must lie in \(0, 1\)"):
+        DictionaryBuilder(64, threshold=3.0)
+
+
+def test_max_atoms_and_bad_activations():
+    builder = DictionaryBuilder(8, k=2, threshold=0.01, max_atoms=5)
+    builder.update(torch.randn(100, 8))
+    assert builder.n_atoms == 5 and builder.full
+    x = torch.randn(4, 8)
+    x[2, 1] = float("inf")
+    with pytest.raises(ValueError, match="1 of 4 activations contain NaN or inf"):
+        DictionaryBuilder(8).update(x)
+    with pytest.raises(ValueError, match="width 9"):
+        DictionaryBuilder(8).update(torch.randn(3, 9))
+
+
+def _batches(tokenizer, wikitext, tokens=1500):
+    return token_batches(select_split(file_documents(wikitext), "train"), tokenizer, 64, 4, tokens)
+
+
+@pytest.fixture(scope="module")
+def built(bridge, tokenizer, wikitext):
+    source = TransformerLensSource(bridge, [HOOK, "blocks.5.hook_resid_post"])
+    return build(source, _batches(tokenizer, wikitext), k=8, threshold=0.2, progress=False)
+
+
+def test_build_several_hooks_with_provenance(built, tokenizer, wikitext):
+    assert set(built.dictionaries) == {HOOK, "blocks.5.hook_resid_post"}
+    itda = built.dictionaries[HOOK]
+    assert itda.config.hook == HOOK and itda.config.model == "smollm2-135m-instruct"
+    assert built.tokens == 1500 and 8 <= itda.n_atoms < 1500
+    provenance = itda.provenance
+    assert (provenance.doc != -1).all() and (provenance.token_id != tokenizer.bos_token_id).all()
+    assert len(provenance.keys("span")) == itda.n_atoms
+    documents = {document_id(text): text for text in file_documents(wikitext)}
+    for i in range(0, itda.n_atoms, 37):
+        text = documents[int(provenance.doc[i])]
+        assert provenance.token[i] == text[provenance.char_start[i] : provenance.char_end[i]]
+
+
+def test_atoms_are_the_activations_they_claim(built, bridge, tokenizer, wikitext):
+    itda = built.dictionaries[HOOK]
+    batch = next(iter(_batches(tokenizer, wikitext)))
+    acts = TransformerLensSource(bridge, [HOOK])(batch.tokens)[HOOK]
+    first = acts[0, 1]
+    torch.testing.assert_close(itda.atoms[0], first / first.norm(), atol=1e-5, rtol=1e-5)
+
+
+def test_interrupted_build_resumes_to_the_same_result(bridge, tokenizer, wikitext, tmp_path):
+    source = TransformerLensSource(bridge, [HOOK])
+    settings = dict(k=8, threshold=0.2, progress=False, step_tokens=64)
+    whole = build(source, _batches(tokenizer, wikitext, 1200), **settings).dictionaries[HOOK]
+
+    def interrupted(batches, after):
+        for number, batch in enumerate(batches):
+            if number == after:
+                raise KeyboardInterrupt
+            yield batch
+
+    checkpoint = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        build(source, interrupted(_batches(tokenizer, wikitext, 1200), 3), checkpoint_dir=checkpoint, checkpoint_every=2, **settings)
+    assert (checkpoint / "state.json").exists()
+    resumed = build(source, _batches(tokenizer, wikitext, 1200), checkpoint_dir=checkpoint, **settings).dictionaries[HOOK]
+    assert torch.equal(resumed.atoms, whole.atoms)
+    assert torch.equal(resumed.provenance.doc, whole.provenance.doc)
+    assert resumed.config.build["tokens"] == whole.config.build["tokens"] == 1200
+    assert not checkpoint.exists()
+    with pytest.raises(KeyboardInterrupt):
+        build(source, interrupted(_batches(tokenizer, wikitext, 1200), 2), checkpoint_dir=checkpoint, **settings)
+    with pytest.raises(ValueError, match="other settings"):
+        build(source, _batches(tokenizer, wikitext, 1200), checkpoint_dir=checkpoint, k=9, threshold=0.2, progress=False)
+
+
+def test_unknown_hook_lists_close_matches(bridge):
+    with pytest.raises(ValueError, match="blocks.3.hook_resid_post"):
+        TransformerLensSource(bridge, ["blocks.3.hook_resid_pots"])
+
+
+def test_tiny_corpus_is_refused(bridge, tokenizer):
+    source = TransformerLensSource(bridge, [HOOK])
+    with pytest.raises(ValueError, match="fewer than k=40"):
+        build(source, token_batches(["Tiny text."], tokenizer, 16, 2), k=40, progress=False)
