@@ -24,6 +24,7 @@ def _add_text_args(parser: argparse.ArgumentParser, split: str) -> None:
     group.add_argument("--max-tokens", type=int, default=None)
     group.add_argument("--seq-len", type=int, default=128)
     group.add_argument("--batch-size", type=int, default=16)
+    group.add_argument("--include-bos", action="store_true", help="also encode (and score) the BOS positions")
 
 
 def _batches(args, tokenizer):
@@ -31,7 +32,7 @@ def _batches(args, tokenizer):
 
     dataset_args = {"config": args.dataset_config, "split": args.dataset_split, "column": args.text_column} if args.dataset else {}
     documents = documents_from(args.text_file, args.dataset, **dataset_args)
-    return token_batches(select_split(documents, args.split), tokenizer, args.seq_len, args.batch_size, args.max_tokens)
+    return token_batches(select_split(documents, args.split), tokenizer, args.seq_len, args.batch_size, args.max_tokens, args.include_bos)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,7 +81,7 @@ def _train(args) -> dict:
     model = load_model(args.model, "transformer_lens", dtype=args.dtype, device=args.device)
     source = TransformerLensSource(model, args.hook, model_name=args.model)
     out.mkdir(exist_ok=True)
-    corpus = {"text_file": str(args.text_file) if args.text_file else None, "dataset": args.dataset, "split": args.split, "seq_len": args.seq_len, "batch_size": args.batch_size, "max_tokens": args.max_tokens}
+    corpus = {"text_file": str(args.text_file) if args.text_file else None, "dataset": args.dataset, "split": args.split, "seq_len": args.seq_len, "batch_size": args.batch_size, "max_tokens": args.max_tokens, "include_bos": args.include_bos}
     result = build(
         source,
         _batches(args, model.tokenizer),

@@ -73,11 +73,12 @@ def _file_documents(path: Path) -> Iterator[str]:
         yield "".join(document)
 
 
-def hf_documents(name: str, config: str | None = None, split: str = "train", column: str = "text") -> Iterator[str]:
-    """Documents of a Hugging Face dataset, streamed."""
+def hf_documents(name: str, config: str | None = None, split: str = "train", column: str = "text", **load_args) -> Iterator[str]:
+    """Documents of a Hugging Face dataset, streamed (``load_args`` go to
+    ``datasets.load_dataset``, e.g. ``data_files``)."""
     import datasets
 
-    for row in datasets.load_dataset(name, config, split=split, streaming=True):
+    for row in datasets.load_dataset(name, config, split=split, streaming=True, **load_args):
         if column not in row:
             raise ValueError(f"dataset {name!r} has no column {column!r}; its columns are {sorted(row)}.")
         text = row[column]
@@ -127,7 +128,7 @@ class TokenBatch:
         token_id = self.tokens.flatten()[positions]
         tokens, before, after = [], [], []
         for doc, start, end in zip(*(c.tolist() for c in (columns[0], columns[2], columns[3]))):
-            text = self.documents[doc]
+            text = self.documents.get(doc, "")  # BOS (doc -1) has no text
             tokens.append(text[start:end])
             before.append(text[max(0, start - CONTEXT_CHARS) : start])
             after.append(text[end : end + CONTEXT_CHARS])
@@ -140,9 +141,11 @@ def token_batches(
     seq_len: int = 128,
     batch_size: int = 16,
     max_tokens: int | None = None,
+    include_bos: bool = False,
 ) -> Iterator[TokenBatch]:
     """Batches of ``batch_size`` sequences of ``seq_len`` tokens, until ``max_tokens``
-    tokens (not counting BOS and padding) or the documents run out."""
+    tokens (not counting BOS and padding) or the documents run out. With
+    ``include_bos`` the BOS positions are in the mask too (their provenance is unknown)."""
     if seq_len < 2:
         raise ValueError(f"seq_len must be at least 2 (BOS and one token), got {seq_len}.")
     bos = tokenizer.bos_token_id
@@ -165,23 +168,24 @@ def token_batches(
             texts[doc] = text
             remaining -= len(chunk)
             if len(rows) == batch_size:
-                yield _collate(rows, texts, seq_len, bos, pad)
+                yield _collate(rows, texts, seq_len, bos, pad, include_bos)
                 produced += 1
                 rows, texts = [], {}
         if remaining <= 0:
             break
     if rows:
-        yield _collate(rows, texts, seq_len, bos, pad)
+        yield _collate(rows, texts, seq_len, bos, pad, include_bos)
         produced += 1
     if produced == 0:
         raise ValueError("the corpus has no text: pass a non-empty file or dataset.")
 
 
-def _collate(rows, texts, seq_len, bos, pad) -> TokenBatch:
+def _collate(rows, texts, seq_len, bos, pad, include_bos) -> TokenBatch:
     n = len(rows)
     tokens = torch.full((n, seq_len), pad, dtype=torch.long)
     tokens[:, 0] = bos
     mask = torch.zeros(n, seq_len, dtype=torch.bool)
+    mask[:, 0] = include_bos
     columns = [torch.full((n, seq_len), -1, dtype=torch.long) for _ in range(4)]
     for r, chunk in enumerate(rows):
         if not chunk:

@@ -62,6 +62,22 @@ def test_jsonl_and_errors(tmp_path, tokenizer):
         file_documents(tmp_path / "missing.txt")
 
 
+def test_bos_only_when_asked(tokenizer):
+    batch = next(token_batches(["Some text here."], tokenizer, 8, 1, include_bos=True))
+    assert batch.mask[0, 0] and batch.n_tokens == 1 + len(tokenizer("Some text here.", add_special_tokens=False).input_ids)
+    assert batch.provenance(torch.tensor([0])).doc.tolist() == [-1]
+
+
+def test_hugging_face_datasets_stream(tmp_path):
+    from itda_lens.text import hf_documents
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(json.dumps({"body": f"document {i}"}) for i in range(3)))
+    assert list(hf_documents("json", column="body", data_files=str(path))) == [f"document {i}" for i in range(3)]
+    with pytest.raises(ValueError, match="no column 'text'"):
+        list(hf_documents("json", data_files=str(path)))
+
+
 def test_builtin_corpus_is_available():
     documents = list(builtin_documents())
     assert len(documents) > 50 and sum(map(len, documents)) > 100_000
