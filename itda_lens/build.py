@@ -33,7 +33,7 @@ from itda_lens.itda import GRAM_MAX_BYTES, ITDA, ITDAConfig, relative_error
 from itda_lens.provenance import Provenance
 from itda_lens.text import TokenBatch
 
-DEFAULT_THRESHOLD = 0.25
+DEFAULT_THRESHOLD = 0.08
 STATE_FILE = "state.json"
 
 
