@@ -144,6 +144,8 @@ class ITDA(nn.Module):
                 f"(built for model={self.config.model!r}, hook={self.config.hook!r}); "
                 "use a dictionary built for this hook point."
             )
+        if x.device != self.atoms.device:
+            raise ValueError(f"activations are on {x.device} but the dictionary is on {self.atoms.device}; call itda.to({str(x.device)!r}).")
 
     def encode(self, x: Float[Tensor, "*batch d_model"], k: int | None = None) -> SparseCodes:
         """Sparse codes of ``x``: ``k`` (default ``config.k``) atoms per activation."""

@@ -1,0 +1,149 @@
+"""ITDA dictionaries as SAELens SAEs, for ``HookedSAETransformer.add_sae``.
+
+Needs ``sae-lens`` (which needs TransformerLens < 4)::
+
+    from itda_lens.saelens import ITDASAE, hooked_sae_transformer
+    model = hooked_sae_transformer(load_model(backend="hooked_transformer"))
+    model.add_sae(ITDASAE.from_itda(itda), use_error_term=True)
+
+There the dictionary behaves like any SAE: its feature activations
+(``hook_sae_acts_pre`` / ``hook_sae_acts_post``) are the codes as a dense
+``[..., n_atoms]`` tensor, as SAELens' interface requires; the decoder ``W_dec`` is the
+atoms and the encoder ``W_enc`` its transpose (the atoms' correlations; the codes
+themselves come from matching pursuit). SAELens applies an SAE at every position unless
+``add_sae(..., exclude_special_tokens=True)``; itda-lens's own convention leaves BOS
+alone, so pass that flag to match :func:`itda_lens.transformer_lens.attach`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from sae_lens import SAE, HookedSAETransformer, SAEConfig
+from sae_lens.registry import SAE_CLASS_REGISTRY, register_sae_class
+from sae_lens.saes.sae import SAEMetadata
+from torch import Tensor, nn
+
+from itda_lens.itda import ITDA, ITDAConfig
+from itda_lens.provenance import Provenance
+
+ARCHITECTURE = "itda"
+
+
+@dataclass
+class ITDASAEConfig(SAEConfig):
+    """SAELens configuration of an ITDA: ``k`` atoms per activation, ``refit`` as in
+    :class:`itda_lens.ITDAConfig`."""
+
+    k: int = 40
+    refit: bool = True
+    apply_b_dec_to_input: bool = False
+
+    @classmethod
+    def architecture(cls) -> str:
+        return ARCHITECTURE
+
+
+class ITDASAE(SAE[ITDASAEConfig]):
+    """An ITDA dictionary behind SAELens' ``SAE`` interface; make one with :meth:`from_itda`."""
+
+    def __init__(self, cfg: ITDASAEConfig, use_error_term: bool = False, provenance: Provenance | None = None):
+        super().__init__(cfg, use_error_term)
+        self.__dict__["provenance"] = provenance if provenance is not None else Provenance.unknown(cfg.d_sae)
+        self.__dict__["_itda"] = None
+
+    @classmethod
+    def from_itda(cls, itda: ITDA, hook: str | None = None, model_name: str | None = None) -> ITDASAE:
+        """The SAE of ``itda`` at ``hook`` (default: the hook it was built at)."""
+        hook = hook or itda.config.hook
+        if hook is None:
+            raise ValueError("the dictionary does not record its hook point; pass hook=, e.g. 'blocks.15.hook_resid_post'.")
+        metadata = SAEMetadata(hook_name=hook, model_name=model_name or itda.config.model, prepend_bos=True)
+        cfg = ITDASAEConfig(
+            d_in=itda.d_model, d_sae=itda.n_atoms, dtype=itda.config.dtype, device=str(itda.atoms.device),
+            k=itda.k, refit=itda.config.refit, metadata=metadata,
+        )
+        sae = cls(cfg, provenance=itda.provenance)
+        with torch.no_grad():
+            sae.W_dec.copy_(itda.atoms)
+        return sae
+
+    # The encoder is tied to the decoder.
+    @property
+    def W_enc(self) -> Float[Tensor, "d_in d_sae"]:  # type: ignore[override]
+        return self.W_dec.T
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "W_enc":
+            raise AttributeError("an ITDA's W_enc is W_dec.T; set W_dec instead.")
+        super().__setattr__(name, value)
+
+    def initialize_weights(self) -> None:
+        self.W_dec = nn.Parameter(torch.zeros(self.cfg.d_sae, self.cfg.d_in, dtype=self.dtype, device=self.device))
+        self.b_dec = nn.Parameter(torch.zeros(self.cfg.d_in, dtype=self.dtype, device=self.device))
+
+    @property
+    def itda(self) -> ITDA:
+        """The dictionary, sharing ``W_dec``'s storage (rebuilt when ``W_dec`` changes)."""
+        weights = self.W_dec
+        key = (weights.data_ptr(), weights._version, weights.device, weights.dtype, self.cfg.k, self.cfg.refit)
+        cached = self.__dict__["_itda"]
+        if cached is None or cached[0] != key:
+            meta = self.cfg.metadata
+            config = ITDAConfig(
+                d_model=self.cfg.d_in, k=self.cfg.k, refit=self.cfg.refit, model=meta.model_name,
+                hook=meta.hook_name, dtype=str(weights.dtype).removeprefix("torch."),
+            )
+            cached = (key, ITDA(weights.detach(), config, self.provenance))
+            self.__dict__["_itda"] = cached
+        return cached[1]
+
+    def to_itda(self) -> ITDA:
+        """A standalone copy of the dictionary (with its provenance)."""
+        itda = self.itda
+        return ITDA(itda.atoms.clone(), ITDAConfig(**{**itda.config.__dict__}), self.provenance)
+
+    def encode(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
+        """The sparse codes of ``x`` as a dense tensor (SAELens' feature activations)."""
+        sae_in = self.process_sae_in(x)
+        itda = self.itda
+        acts = itda.dense(itda.encode(sae_in))
+        return self.hook_sae_acts_post(self.hook_sae_acts_pre(acts))
+
+    def decode(self, feature_acts: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_in"]:
+        """``feature_acts @ W_dec`` (plus ``b_dec``, which is 0 unless you set it)."""
+        out = feature_acts @ self.W_dec + self.b_dec
+        out = self.run_time_activation_norm_fn_out(self.hook_sae_recons(out))
+        return self.reshape_fn_out(out, self.d_head)
+
+    def fold_W_dec_norm(self) -> None:
+        raise NotImplementedError("an ITDA's atoms have unit norm already; there is nothing to fold.")
+
+    def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
+        raise NotImplementedError("an ITDA's encoder is tied to its unit-norm atoms; scaling cannot be folded into it.")
+
+    def fold_activation_whitening(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError("an ITDA's encoder is tied to its unit-norm atoms; whitening cannot be folded into it.")
+
+
+if ARCHITECTURE not in SAE_CLASS_REGISTRY:
+    register_sae_class(ARCHITECTURE, ITDASAE, ITDASAEConfig)
+
+
+def hooked_sae_transformer(model) -> HookedSAETransformer:
+    """A ``HookedSAETransformer`` with the weights, config and tokenizer of a
+    ``HookedTransformer`` (such as ``load_model(backend="hooked_transformer")``)."""
+    import copy
+
+    from transformer_lens import HookedTransformer
+
+    if isinstance(model, HookedSAETransformer):
+        return model
+    if not isinstance(model, HookedTransformer):
+        raise TypeError(f"expected a HookedTransformer, got {type(model).__name__}; SAELens needs TransformerLens < 4.")
+    sae_model = HookedSAETransformer(copy.deepcopy(model.cfg), tokenizer=model.tokenizer)
+    sae_model.load_state_dict(model.state_dict())
+    return sae_model.to(next(model.parameters()).device).eval()

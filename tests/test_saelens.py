@@ -1,0 +1,105 @@
+"""An ITDA handed to SAELens' HookedSAETransformer.add_sae, on the real SmolLM2-135M-Instruct."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("sae_lens")
+pytestmark = pytest.mark.tl3
+
+from sae_lens import SAE  # noqa: E402
+
+from itda_lens import ITDA  # noqa: E402
+from itda_lens.activations import TransformerLensSource  # noqa: E402
+from itda_lens.build import build  # noqa: E402
+from itda_lens.saelens import ITDASAE, hooked_sae_transformer  # noqa: E402
+from itda_lens.text import file_documents, select_split, token_batches  # noqa: E402
+from itda_lens.transformer_lens import attach  # noqa: E402
+
+HOOK = "blocks.3.hook_resid_post"
+PROMPT = "The capital of France is Paris, and the capital of Germany is Berlin."
+
+
+@pytest.fixture(scope="module")
+def hooked():
+    from itda_lens.models import load_model
+
+    return load_model(backend="hooked_transformer")
+
+
+@pytest.fixture(scope="module")
+def model(hooked):
+    return hooked_sae_transformer(hooked)
+
+
+@pytest.fixture(scope="module")
+def itda(hooked, wikitext) -> ITDA:
+    batches = token_batches(select_split(file_documents(wikitext), "train"), hooked.tokenizer, 64, 8, 2000)
+    return build(TransformerLensSource(hooked, [HOOK]), batches, k=16, threshold=0.15, progress=False).dictionaries[HOOK]
+
+
+@pytest.fixture
+def sae(itda) -> ITDASAE:
+    return ITDASAE.from_itda(itda)
+
+
+@torch.no_grad()
+def test_add_sae_with_error_term_runs_clean_and_caches_codes(model, sae, itda):
+    tokens = model.to_tokens(PROMPT)
+    clean = model(tokens)
+    model.add_sae(sae, use_error_term=True)
+    try:
+        logits, cache = model.run_with_cache(tokens)
+    finally:
+        model.reset_saes()
+    assert (logits - clean).abs().max() <= 1e-4
+    acts = cache[f"{HOOK}.hook_sae_acts_post"]
+    assert acts.shape == (1, tokens.shape[1], itda.n_atoms)
+    assert ((acts != 0).sum(-1) <= itda.k).all()
+    x = cache[f"{HOOK}.hook_sae_input"]
+    torch.testing.assert_close(cache[f"{HOOK}.hook_sae_recons"], itda.decode(itda.encode(x)), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(sae.W_enc, sae.W_dec.T)
+    torch.testing.assert_close(sae.W_dec, itda.atoms)
+    assert sae.cfg.metadata.hook_name == HOOK and sae.cfg.d_sae == itda.n_atoms
+    torch.testing.assert_close(model(tokens), clean, rtol=0, atol=1e-5)  # reset_saes restores the model
+
+
+@torch.no_grad()
+def test_spliced_run_and_feature_ablation_match_attach(model, hooked, sae, itda):
+    tokens = model.to_tokens(PROMPT)
+    bos = model.tokenizer.bos_token_id
+    spliced = model.run_with_saes(tokens, saes=[sae], use_error_term=False, exclude_special_tokens=[bos])
+    with attach(hooked, itda) as splice:
+        torch.testing.assert_close(hooked(tokens), spliced, rtol=1e-4, atol=1e-4)
+        splice.error_term = True
+        codes = itda.encode(model.run_with_cache(tokens, names_filter=HOOK)[1][HOOK][0, 1:])
+        atom = int(codes.indices[2, 0])
+        with splice.ablate(atom):
+            ours = hooked(tokens)
+
+    def zero_atom(acts, hook):
+        acts[..., atom] = 0.0
+        return acts
+
+    with model.saes(saes=[sae], use_error_term=True):
+        theirs = model.run_with_hooks(tokens, fwd_hooks=[(f"{HOOK}.hook_sae_acts_post", zero_atom)])
+    torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)
+
+
+def test_saved_and_loaded_by_sae_lens(sae, itda, tmp_path):
+    sae.save_model(tmp_path)
+    loaded = SAE.load_from_disk(str(tmp_path))
+    assert isinstance(loaded, ITDASAE) and loaded.cfg.k == itda.k
+    x = torch.randn(5, itda.d_model) * 10
+    torch.testing.assert_close(loaded.encode(x), sae.encode(x))
+    assert sae.to_itda().provenance.token == itda.provenance.token
+
+
+def test_bad_input(itda):
+    with pytest.raises(ValueError, match="does not record its hook point"):
+        ITDASAE.from_itda(ITDA.from_atoms(itda.atoms, k=4))
+    with pytest.raises(TypeError, match="expected a HookedTransformer, got Linear"):
+        hooked_sae_transformer(torch.nn.Linear(2, 2))
+    with pytest.raises(AttributeError, match="W_enc is W_dec.T"):
+        ITDASAE.from_itda(itda).W_enc = torch.nn.Parameter(torch.zeros(1))
