@@ -197,7 +197,8 @@ def build(
     progress: bool = True,
     metadata: dict | None = None,
 ) -> BuildResult:
-    """Build one dictionary per hook point of ``source`` from ``batches``.
+    """Build one dictionary per hook point of ``source`` from ``batches``; reading stops
+    early once every dictionary has ``max_atoms``.
 
     ``history[hook]`` holds ``[tokens, n_atoms, mean relative error]`` after each batch.
     With ``checkpoint_dir`` the build resumes from a checkpoint found there.
