@@ -7,7 +7,8 @@ vector). Candidates are accepted in stream order, except one that an earlier acc
 candidate of the same step already explains alone (``1 - cos^2 <= threshold``), so the
 dictionary never holds duplicates. Building stops adding at ``max_atoms``.
 
-A build writes a checkpoint every ``checkpoint_every`` batches and when interrupted;
+A build writes a checkpoint every ``checkpoint_every`` batches and when interrupted or
+failing;
 started again with the same arguments it resumes from there and ends with exactly the
 dictionary an uninterrupted build gives.
 """
@@ -236,7 +237,7 @@ def build(
             bar.set_postfix(atoms=",".join(str(b.n_atoms) for b in builders.values()))
             if checkpoint is not None and state["batches"] % checkpoint_every == 0:
                 _save_checkpoint(checkpoint, settings, builders, state)
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C, a failed remote job, ...: keep what is finished
         if checkpoint is not None:
             _save_checkpoint(checkpoint, settings, builders, state)
         raise

@@ -1,4 +1,4 @@
-"""The ``itda-lens`` command: ``train`` and ``eval``.
+"""The ``itda-lens`` command: ``train``, ``eval`` and ``browse``.
 
 With ``--json`` the last line printed is one JSON object with the results.
 """
@@ -43,7 +43,9 @@ def _parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="build a dictionary")
     train.add_argument("--model", default=DEFAULT_MODEL, help="the embedded default, a Hugging Face id or a local folder")
-    train.add_argument("--hook", action="append", required=True, help="a TransformerLens hook name; repeat for several")
+    train.add_argument("--hook", action="append", required=True, help="a TransformerLens hook name, or with --backend nnsight a module path such as model.layers.15; repeat for several")
+    train.add_argument("--backend", choices=["transformer_lens", "nnsight"], default="transformer_lens")
+    train.add_argument("--remote", choices=["no", "local", "ndif"], default="no", help="with --backend nnsight: run traces on NDIF (needs a Hub id and NDIF_API_KEY), or simulate it locally")
     train.add_argument("--k", type=int, default=40)
     train.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="relative error above which an activation becomes an atom")
     train.add_argument("--max-atoms", type=int, default=None)
@@ -58,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", default=None, help="default: the model the dictionary was built for")
     evaluate.add_argument("--hook", default=None, help="default: the hook the dictionary was built at")
     _add_text_args(evaluate, "heldout")
+
+    from itda_lens.browse.cli import add_browse_parser
+
+    add_browse_parser(commands)
 
     for command in (train, evaluate):
         command.add_argument("--device", default="cpu")
@@ -78,8 +84,20 @@ def _train(args) -> dict:
         raise SystemExit(f"error: the parent folder of --out ({out.parent}) does not exist; create it first.")
     if (out / "config.json").exists() and not args.overwrite:
         raise SystemExit(f"error: {out} already holds a dictionary; pass --overwrite to replace it.")
-    model = load_model(args.model, "transformer_lens", dtype=args.dtype, device=args.device)
-    source = TransformerLensSource(model, args.hook, model_name=args.model)
+    if args.backend == "nnsight":
+        from itda_lens.activations import NnsightSource
+
+        if args.remote == "ndif":
+            from nnsight import LanguageModel
+
+            model = LanguageModel(args.model)  # a Hub id; the weights stay on NDIF
+        else:
+            model = load_model(args.model, "nnsight", dtype=args.dtype, device=args.device)
+        remote = {"no": False, "local": "local", "ndif": True}[args.remote]
+        source = NnsightSource(model, args.hook, model_name=args.model, remote=remote)
+    else:
+        model = load_model(args.model, "transformer_lens", dtype=args.dtype, device=args.device)
+        source = TransformerLensSource(model, args.hook, model_name=args.model)
     out.mkdir(exist_ok=True)
     corpus = {"text_file": str(args.text_file) if args.text_file else None, "dataset": args.dataset, "split": args.split, "seq_len": args.seq_len, "batch_size": args.batch_size, "max_tokens": args.max_tokens, "include_bos": args.include_bos}
     result = build(
@@ -91,7 +109,7 @@ def _train(args) -> dict:
         step_tokens=args.step_tokens,
         device=args.device,
         checkpoint_dir=out / ".checkpoint",
-        checkpoint_every=args.checkpoint_every,
+        checkpoint_every=1 if args.remote == "ndif" else args.checkpoint_every,
         total_tokens=args.max_tokens,
         progress=not args.no_progress,
         metadata={"corpus": corpus},
@@ -129,7 +147,9 @@ def _eval(args) -> dict:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
-        result = {"train": _train, "eval": _eval}[args.command](args)
+        from itda_lens.browse.cli import run_browse
+
+        result = {"train": _train, "eval": _eval, "browse": run_browse}[args.command](args)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
         raise SystemExit(f"error: {err}") from err
     if args.json:
