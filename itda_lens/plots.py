@@ -24,3 +24,41 @@ def growth_plot(history: dict[str, list[list[float]]], path: str | Path) -> Path
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+from collections.abc import Sequence  # noqa: E402
+
+
+def attribution_plot(
+    atoms: Sequence[int],
+    scores: Sequence[float],
+    labels: Sequence[str],
+    path: str | Path,
+    title: str = "attribution by atom",
+    xlabel: str = "attribution (gradient x coefficient)",
+) -> Path:
+    """A horizontal bar per atom (``scores`` in the order given, first at the top),
+    labelled ``#atom label``; positive bars blue, negative red."""
+    if not (len(atoms) == len(scores) == len(labels)):
+        raise ValueError(f"give as many scores and labels as atoms: got {len(atoms)}, {len(scores)} and {len(labels)}.")
+    if not atoms:
+        raise ValueError("give at least one atom to plot.")
+    scores = [float(s) for s in scores]
+    names = [f"#{int(a)} {_one_line(label, 48)}" for a, label in zip(atoms, labels)]
+    fig, ax = plt.subplots(figsize=(9, 0.8 + 0.36 * len(atoms)))
+    rows = range(len(atoms))
+    ax.barh(rows, scores, color=["#3b5bdb" if s >= 0 else "#e03131" for s in scores])
+    ax.set_yticks(list(rows), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set(xlabel=xlabel, title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def _one_line(text: str, width: int) -> str:
+    """``text`` on one line (newlines as ↵), cut to ``width`` characters."""
+    text = text.replace("\n", "↵").replace("\t", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
