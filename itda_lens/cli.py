@@ -1,4 +1,4 @@
-"""The ``itda-lens`` command: ``train``, ``eval`` and ``browse``.
+"""The ``itda-lens`` command: ``train``, ``eval``, ``browse`` and ``compare``.
 
 With ``--json`` the last line printed is one JSON object with the results.
 """
@@ -62,8 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_text_args(evaluate, "heldout")
 
     from itda_lens.browse.cli import add_browse_parser
+    from itda_lens.compare.cli import add_compare_parser
 
     add_browse_parser(commands)
+    add_compare_parser(commands)
 
     for command in (train, evaluate):
         command.add_argument("--device", default="cpu")
@@ -148,8 +150,9 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
         from itda_lens.browse.cli import run_browse
+        from itda_lens.compare.cli import run_compare
 
-        result = {"train": _train, "eval": _eval, "browse": run_browse}[args.command](args)
+        result = {"train": _train, "eval": _eval, "browse": run_browse, "compare": run_compare}[args.command](args)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
         raise SystemExit(f"error: {err}") from err
     if args.json:

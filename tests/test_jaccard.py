@@ -1,0 +1,225 @@
+"""Jaccard of dictionaries by provenance: self, disjoint documents, two tokenizers, the null."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from typing import ClassVar
+
+import pytest
+import torch
+
+from itda_lens.build import build
+from itda_lens.compare import atom_keys, expected_jaccard, jaccard, jaccard_report
+from itda_lens.itda import ITDA
+from itda_lens.provenance import Provenance
+from itda_lens.text import file_documents, token_batches
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def documents(wikitext) -> list[str]:
+    return list(file_documents(wikitext))[:8]
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer():
+    """The embedded SmolLM2 tokenizer (byte-level BPE, 49k tokens, spaces attached to words)."""
+    try:
+        from transformers import AutoTokenizer
+
+        from itda_lens.models import embedded_model_path
+
+        return AutoTokenizer.from_pretrained(embedded_model_path())
+    except (ModuleNotFoundError, OSError) as err:
+        pytest.skip(f"the embedded SmolLM2 tokenizer is not available: {err}")
+
+
+def word_level_tokenizer(documents: list[str]):
+    """A word-level tokenizer trained here on the documents: words and punctuation runs,
+    spaces never part of a token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(documents, trainers.WordLevelTrainer(vocab_size=30000, special_tokens=["<unk>", "<bos>", "<pad>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<bos>", pad_token="<pad>", unk_token="<unk>")
+
+
+def byte_bpe_tokenizer(documents: list[str], vocab_size: int = 600):
+    """A small byte-level BPE trained here on the documents: splits words differently from
+    SmolLM2's but, like it, attaches the space to the following word."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<bos>", "<pad>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(documents, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<bos>", pad_token="<pad>")
+
+
+def atoms_at_words(documents: list[str], tokenizer, words: set[str]) -> ITDA:
+    """A dictionary (random atoms) with one atom at every token that is a whole word of
+    ``words`` (its text without surrounding spaces, with whitespace on both sides)."""
+
+    def whole(text: str, before: str, after: str) -> bool:
+        spaced_before = text[:1].isspace() or not before or before[-1].isspace()
+        return text.strip() in words and spaced_before and (not after or after[0].isspace())
+
+    parts = []
+    for batch in token_batches(documents, tokenizer, seq_len=256, batch_size=8):
+        positions = torch.nonzero(batch.mask.flatten())[:, 0]
+        provenance = batch.provenance(positions)
+        rows = zip(provenance.token, provenance.before, provenance.after)
+        chosen = [i for i, (text, before, after) in enumerate(rows) if whole(text, before, after)]
+        parts.append(provenance.select(chosen))
+    provenance = Provenance.cat(parts)
+    atoms = torch.randn(len(provenance), 8, generator=torch.Generator().manual_seed(0))
+    return ITDA.from_atoms(atoms, k=1, provenance=provenance)
+
+
+def standalone_count(documents: list[str], word: str) -> int:
+    """Occurrences of ``word`` with whitespace (or the text's edge) on both sides."""
+    pattern = re.compile(rf"(?<!\S){re.escape(word)}(?!\S)")
+    return sum(len(pattern.findall(text)) for text in documents)
+
+
+class ContextSource:
+    """A deterministic stand-in model: each position's activation is a fixed random
+    vector of its token plus the mean of those of the tokens before it."""
+
+    hooks: ClassVar[list[str]] = ["early", "late"]
+    model_name = "context"
+    d_model = 16
+
+    def __init__(self, vocab_size: int):
+        self.table = torch.randn(vocab_size, self.d_model, generator=torch.Generator().manual_seed(1))
+
+    def __call__(self, tokens):
+        x = self.table[tokens]
+        context = x.cumsum(1) / torch.arange(1, tokens.shape[1] + 1)[None, :, None]
+        return {"early": x + 0.1 * context, "late": x + 2.0 * context}
+
+
+def build_on(documents: list[str], tokenizer) -> dict[str, ITDA]:
+    batches = token_batches(documents, tokenizer, seq_len=64, batch_size=8, max_tokens=3000)
+    return build(ContextSource(len(tokenizer)), batches, k=4, threshold=0.3, progress=False).dictionaries
+
+
+# -------------------------------------------------------------------------- Jaccard
+
+
+@pytest.mark.parametrize("by", ["span", "token"])
+def test_jaccard_with_itself_is_one(documents, smollm2_tokenizer, by):
+    for itda in build_on(documents[:3], smollm2_tokenizer).values():
+        assert jaccard(itda, itda, by=by) == 1.0
+
+
+@pytest.mark.parametrize("by", ["span", "token"])
+def test_jaccard_across_disjoint_documents_is_zero(documents, smollm2_tokenizer, by):
+    first = build_on(documents[:3], smollm2_tokenizer)
+    second = build_on(documents[3:6], smollm2_tokenizer)
+    for hook in ContextSource.hooks:
+        assert jaccard(first[hook], second[hook], by=by) == 0.0
+        assert jaccard(first[hook], first[hook], by=by) == 1.0
+
+
+def test_jaccard_is_a_set_ratio():
+    def provenance(spans):
+        doc, start, end = (torch.tensor(c, dtype=torch.long) for c in zip(*spans))
+        return Provenance(doc, torch.arange(len(spans)), start, end, torch.zeros(len(spans), dtype=torch.long))
+
+    a = provenance([(1, 0, 3), (1, 4, 7), (2, 0, 5)])
+    b = provenance([(1, 4, 7), (2, 0, 5), (2, 6, 9), (3, 0, 1)])
+    assert jaccard(a, b, trim_whitespace=False) == pytest.approx(2 / 5)
+
+
+def test_span_mode_matches_across_two_tokenizers(documents, smollm2_tokenizer):
+    # SmolLM2 and a byte-level BPE trained here: same documents, different token indices.
+    bpe = byte_bpe_tokenizer(documents)
+    ours = atoms_at_words(documents, smollm2_tokenizer, {"the", "of"})
+    theirs = atoms_at_words(documents, bpe, {"the", "of"})
+    n_the, n_of = standalone_count(documents, "the"), standalone_count(documents, "of")
+    assert len(ours.provenance) == len(theirs.provenance) == n_the + n_of > 100
+    assert not torch.equal(ours.provenance.token_index, theirs.provenance.token_index)
+    assert jaccard(ours, theirs, by="span") == 1.0
+    assert jaccard(ours, theirs, by="token") < 0.2
+    only_the = atoms_at_words(documents, bpe, {"the"})
+    assert jaccard(ours, only_the, by="span") == pytest.approx(n_the / (n_the + n_of))
+
+
+def test_span_mode_ignores_where_a_tokenizer_puts_spaces(documents, smollm2_tokenizer):
+    # SmolLM2's tokens carry the space before a word (" the"); the word-level ones do not.
+    words = word_level_tokenizer(documents)
+    ours = atoms_at_words(documents, smollm2_tokenizer, {"the", "and"})
+    theirs = atoms_at_words(documents, words, {"the", "and"})
+    assert {t[0] for t in ours.provenance.token} == {" "}
+    assert jaccard(ours, theirs, by="span") == 1.0
+    assert jaccard(ours, theirs, by="span", trim_whitespace=False) == 0.0
+
+
+def test_whitespace_only_tokens_keep_their_span():
+    provenance = Provenance(torch.tensor([7, 7]), torch.tensor([0, 1]), torch.tensor([0, 2]), torch.tensor([2, 6]), torch.tensor([0, 0]), [" \n", " the"])
+    assert atom_keys(provenance) == {(7, 0, 2), (7, 3, 6)}
+
+
+def test_unknown_provenance_is_a_clear_error():
+    itda = ITDA.from_atoms(torch.randn(5, 4), k=1)
+    with pytest.raises(ValueError, match="no provenance"):
+        jaccard(itda, itda)
+
+
+# ----------------------------------------------------------------------------- null
+
+
+def brute_force_expected_jaccard(size_a, size_b, population_a, population_b, shared):
+    """Average over every pair of subsets; items 0..shared-1 are common to both populations."""
+    total, count = 0.0, 0
+    for a in itertools.combinations(range(population_a), size_a):
+        for b in itertools.combinations(range(population_b), size_b):
+            common = len({i for i in a if i < shared} & {i for i in b if i < shared})
+            total += common / (size_a + size_b - common)
+            count += 1
+    return total / count
+
+
+def test_expected_jaccard_by_hand():
+    # N=4, sizes 2 and 2: P(common = 0, 1, 2) = 1/6, 4/6, 1/6 -> 0 + 4/6 * 1/3 + 1/6 * 1 = 7/18.
+    assert expected_jaccard(2, 2, 4) == pytest.approx(7 / 18, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [(2, 3, 6, 6, 6), (3, 2, 7, 5, 4), (1, 4, 5, 6, 2), (4, 4, 6, 7, 6), (2, 2, 5, 5, 0)],
+)
+def test_expected_jaccard_is_exact(sizes):
+    assert expected_jaccard(*sizes) == pytest.approx(brute_force_expected_jaccard(*sizes), abs=1e-12)
+
+
+def test_expected_jaccard_of_large_sets_is_near_the_ratio_of_expectations():
+    a, b, n = 3000, 5000, 60000
+    common = a * b / n
+    assert expected_jaccard(a, b, n) == pytest.approx(common / (a + b - common), rel=1e-3)
+
+
+def test_expected_jaccard_rejects_impossible_inputs():
+    with pytest.raises(ValueError, match="give shared"):
+        expected_jaccard(2, 2, 10, 12)
+    with pytest.raises(ValueError, match="exceed"):
+        expected_jaccard(11, 2, 10)
+    with pytest.raises(ValueError, match="shared"):
+        expected_jaccard(2, 2, 10, 12, 11)
+
+
+def test_report_gives_the_null_from_the_build(documents, smollm2_tokenizer):
+    dictionaries = build_on(documents[:3], smollm2_tokenizer)
+    early, late = dictionaries["early"], dictionaries["late"]
+    report = jaccard_report(early, late)
+    tokens = early.config.build["tokens"]
+    assert report.null == pytest.approx(expected_jaccard(early.n_atoms, late.n_atoms, tokens))
+    assert report.jaccard == jaccard(early, late)
+    assert report.common == len(atom_keys(early) & atom_keys(late))

@@ -1,0 +1,270 @@
+"""Layer x layer comparison: matching accuracy by hand, and two tiny models end to end
+(same tokenizer, two tokenizers, saved dictionaries, the ``compare`` command)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from itda_lens.compare import (
+    ALL_MEASURES,
+    JACCARD,
+    compare_dictionaries,
+    compare_models,
+    expected_jaccard,
+    jaccard,
+    jaccard_matrix,
+    jaccard_null_matrix,
+    layer_similarities,
+    matched,
+    matching_accuracy,
+    model_layers,
+    model_similarities,
+)
+from itda_lens.compare.layers import ordered_pairs
+from itda_lens.compare.occurrences import shared_rows, trimmed_span
+from itda_lens.text import file_documents, token_batches
+
+# ------------------------------------------------------------------- matching by hand
+
+S_AB = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.8, 0.1], [0.0, 0.7, 0.6]])
+S_AA = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 1.0, 1.0]])
+
+
+def test_matched_counts_ties_as_shares_and_nan_never_wins():
+    assert matched(S_AB).tolist() == [1.0, 1.0, 0.0]
+    assert matched(S_AA).tolist() == [1.0, 1.0, 0.5]
+    with_nan = torch.tensor([[float("nan"), 0.1], [0.3, float("nan")]])
+    assert matched(with_nan).tolist() == [0.0, 0.0]
+    assert matched(torch.full((2, 2), float("nan"))).tolist() == [0.0, 0.0]
+
+
+def test_matching_accuracy_cross_model_and_with_self_pairs():
+    # (a, b): rows 1, 1, 0; (b, a) = S_AB.T: rows 1, 1, 1 (0.8 > 0.7); (a, a): 1, 1, 1/2.
+    matrices = {("a", "b"): S_AB, ("a", "a"): S_AA}
+    assert matching_accuracy(matrices) == pytest.approx(5 / 6)
+    assert matching_accuracy(matrices, include_self=True) == pytest.approx((5 + 2.5) / 9)
+
+
+def test_a_pair_given_both_ways_is_not_transposed():
+    other = torch.eye(3)
+    pairs = ordered_pairs({("a", "b"): S_AB, ("b", "a"): other}, include_self=False)
+    assert set(pairs) == {("a", "b"), ("b", "a")} and pairs[("b", "a")] is other
+    assert matching_accuracy({("a", "b"): S_AB, ("b", "a"): other}) == pytest.approx(5 / 6)
+
+
+def test_matching_needs_square_matrices_and_two_models():
+    with pytest.raises(ValueError, match="square"):
+        matching_accuracy({("a", "b"): torch.zeros(2, 3)})
+    with pytest.raises(ValueError, match="include_self"):
+        matching_accuracy({("a", "a"): S_AA})
+
+
+# ----------------------------------------------------------------- tiny models end to end
+
+
+@pytest.fixture(scope="module")
+def documents(wikitext) -> list[str]:
+    return list(file_documents(wikitext))[:4]
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer():
+    try:
+        from transformers import AutoTokenizer
+
+        from itda_lens.models import embedded_model_path
+
+        return AutoTokenizer.from_pretrained(embedded_model_path())
+    except (ModuleNotFoundError, OSError) as err:
+        pytest.skip(f"the embedded SmolLM2 tokenizer is not available: {err}")
+
+
+@pytest.fixture(scope="module")
+def word_tokenizer(documents, tmp_path_factory):
+    """A word-level tokenizer trained on the documents (no spaces inside tokens), saved
+    and loaded back as TransformerLens expects of a tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(documents, trainers.WordLevelTrainer(vocab_size=30000, special_tokens=["<unk>", "<bos>", "<pad>"]))
+    folder = tmp_path_factory.mktemp("word_tokenizer")
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<bos>", pad_token="<pad>", unk_token="<unk>").save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def tiny_llama(tokenizer, seed: int, layers: int = 3):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=64, bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def layers_of(model, tokenizer, documents, name: str, record_fraction: float = 1.0):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from itda_lens.activations import TransformerLensSource
+
+    bridge = TransformerBridge.boot_transformers(name, hf_model=model, tokenizer=tokenizer)
+    hooks = [f"blocks.{i}.hook_resid_post" for i in range(model.config.num_hidden_layers)]
+    batches = token_batches(documents, tokenizer, seq_len=64, batch_size=8, max_tokens=1200)
+    return model_layers(TransformerLensSource(bridge, hooks, model_name=name), batches, name, k=4, threshold=0.3, record_fraction=record_fraction)
+
+
+@pytest.fixture(scope="module")
+def two_seeds(documents, smollm2_tokenizer):
+    torch.set_num_threads(1)
+    return [layers_of(tiny_llama(smollm2_tokenizer, seed), smollm2_tokenizer, documents, f"seed{seed}") for seed in (0, 1)]
+
+
+def test_model_layers_record_every_built_token(two_seeds):
+    first = two_seeds[0]
+    assert first.hooks == [f"blocks.{i}.hook_resid_post" for i in range(3)]
+    assert first.tokens == 1200 == len(first.recorded)
+    assert all(x.shape == (1200, 32) for x in first.activations.values())
+    assert all(d.config.build["tokens"] == 1200 for d in first.dictionaries.values())
+
+
+def test_a_model_against_itself_matches_every_layer(two_seeds):
+    first = two_seeds[0]
+    similarity = layer_similarities(first, first, max_tokens=512)
+    assert list(similarity) == list(ALL_MEASURES)
+    for measure, s in similarity.items():
+        assert s.shape == (3, 3)
+        assert torch.allclose(s.diagonal(), torch.ones(3, dtype=s.dtype), atol=1e-6), measure
+        assert matching_accuracy({("a", "a"): s}, include_self=True) == 1.0, measure
+
+
+def test_many_models_share_rows_and_cached_rbf_cka_is_rbf_cka(two_seeds):
+    from itda_lens.compare import similarity_matrix
+    from itda_lens.compare.comparison import shared_token_rows
+
+    a, b = two_seeds
+    rows_a, rows_b = shared_token_rows([a, b], max_tokens=300)
+    assert torch.equal(a.recorded[rows_a][:, [0, 2, 3]], b.recorded[rows_b][:, [0, 2, 3]])
+    found = model_similarities([a, b], ["rbf_cka", "linear_cka"], max_tokens=300, include_self=True)
+    assert set(found["rbf_cka"]) == {("seed0", "seed0"), ("seed0", "seed1"), ("seed1", "seed1")}
+    acts_a = {h: x[rows_a] for h, x in a.activations.items()}
+    acts_b = {h: x[rows_b] for h, x in b.activations.items()}
+    for measure in ("rbf_cka", "linear_cka"):
+        direct = similarity_matrix(acts_a, acts_b, measure)
+        assert torch.allclose(found[measure][("seed0", "seed1")], direct, atol=1e-12, rtol=0), measure
+    assert torch.allclose(found["rbf_cka"][("seed0", "seed0")], similarity_matrix(acts_a, acts_a, "rbf_cka"), atol=1e-12, rtol=0)
+    # With a subsample smaller than the rows, the same rows as rbf_cka's own.
+    from itda_lens.compare.comparison import _rbf_cka_matrices
+
+    subsampled = _rbf_cka_matrices({"a": acts_a, "b": acts_b}, [("a", "b")], max_tokens=100, seed=3)[("a", "b")]
+    assert torch.allclose(subsampled, similarity_matrix(acts_a, acts_b, "rbf_cka", max_tokens=100, seed=3), atol=1e-12, rtol=0)
+
+
+def test_compare_two_seeds(two_seeds, tmp_path):
+    a, b = two_seeds
+    result = compare_models(a, b, by="token", max_tokens=512, heatmap=tmp_path / "h.png")
+    json.dumps(result)
+    assert (tmp_path / "h.png").stat().st_size > 1000
+    assert result["tokens_a"] == result["tokens_b"] == result["shared_tokens"] == 1200
+    assert result["baseline_tokens"] == 512
+    expected = jaccard_matrix(a.dictionaries, b.dictionaries, by="token")
+    assert torch.allclose(torch.tensor(result["similarity"][JACCARD], dtype=torch.float64), expected, atol=1e-6)
+    sizes = result["n_atoms_a"][0], result["n_atoms_b"][1]
+    assert result["jaccard_null"][0][1] == pytest.approx(expected_jaccard(*sizes, 1200), abs=1e-6)
+    assert set(result["summary"]) == set(ALL_MEASURES)
+
+
+def test_compare_across_two_tokenizers(documents, smollm2_tokenizer, word_tokenizer, two_seeds):
+    smol = two_seeds[0]
+    words = layers_of(tiny_llama(word_tokenizer, 2), word_tokenizer, documents, "words", record_fraction=0.5)
+    rows_a, rows_b = shared_rows(smol.recorded, words.recorded)
+    assert 100 < len(rows_a) < len(words.recorded)
+    # Paired rows are the same characters of the same document.
+    assert torch.equal(smol.recorded[rows_a][:, [0, 2, 3]], words.recorded[rows_b][:, [0, 2, 3]])
+    assert not torch.equal(smol.recorded[rows_a][:, 1], words.recorded[rows_b][:, 1])
+    result = compare_models(smol, words, by="span", max_tokens=256)
+    assert result["baseline_tokens"] == min(256, len(rows_a))
+    assert 0 < result["shared_tokens"] < min(result["tokens_a"], result["tokens_b"])
+    null = jaccard_null_matrix(smol, words)
+    assert torch.all((null > 0) & (null < 0.5))
+    assert max(max(row) for row in result["similarity"][JACCARD]) > 0
+
+
+def test_span_trimming_of_occurrences():
+    text = "a  word \n"
+    assert trimmed_span(text, 1, 7) == (3, 7)
+    assert trimmed_span(text, 7, 9) == (7, 9)
+
+
+# ---------------------------------------------------------------- saved dictionaries, CLI
+
+
+def save_layers(layers, folder):
+    folder.mkdir()
+    for hook, itda in layers.dictionaries.items():
+        itda.save(folder / hook)
+    return folder
+
+
+def compare_args(*argv: str) -> argparse.Namespace:
+    from itda_lens.compare.cli import add_compare_parser
+
+    parser = argparse.ArgumentParser()
+    add_compare_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["compare", *argv])
+
+
+def test_compare_saved_dictionaries(two_seeds, tmp_path):
+    from itda_lens.compare.cli import run_compare
+
+    a, b = (save_layers(layers, tmp_path / layers.name) for layers in two_seeds)
+    result = run_compare(compare_args("--dictionaries-a", str(a), "--dictionaries-b", str(b), "--by", "token", "--out", str(tmp_path / "out")))
+    assert result["hooks_a"] == two_seeds[0].hooks
+    direct = compare_dictionaries(two_seeds[0].dictionaries, two_seeds[1].dictionaries, by="token")
+    assert result["similarity"] == direct["similarity"]
+    assert result["jaccard_null"] == direct["jaccard_null"]
+    assert json.loads((tmp_path / "out" / "comparison.json").read_text())["similarity"] == result["similarity"]
+    assert (tmp_path / "out" / "similarity.png").exists()
+    first = two_seeds[0].dictionaries["blocks.0.hook_resid_post"]
+    assert result["similarity"][JACCARD][0][0] == pytest.approx(jaccard(first, two_seeds[1].dictionaries["blocks.0.hook_resid_post"], by="token"))
+
+
+@pytest.mark.parametrize("backend", ["transformer_lens", "nnsight"])
+def test_compare_command_on_two_model_folders(backend, smollm2_tokenizer, wikitext, tmp_path):
+    from itda_lens.compare.cli import run_compare
+
+    if backend == "nnsight":
+        pytest.importorskip("nnsight")
+        from itda_lens import activations
+
+        if not hasattr(activations, "NnsightSource"):
+            pytest.skip("itda_lens.activations has no NnsightSource yet")
+    folders = []
+    for seed in (0, 1):
+        folder = tmp_path / f"model{seed}"
+        tiny_llama(smollm2_tokenizer, seed, layers=2).save_pretrained(folder)
+        smollm2_tokenizer.save_pretrained(folder)
+        folders.append(str(folder))
+    args = compare_args(
+        "--model-a", folders[0], "--model-b", folders[1], "--backend", backend, "--text-file", str(wikitext),
+        "--max-tokens", "500", "--seq-len", "64", "--k", "4", "--measures", "itda_jaccard", "linear_cka", "rbf_cka",
+        "--out", str(tmp_path / "out"), "--no-progress",
+    )
+    result = run_compare(args)
+    assert result["hooks_a"] == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    assert list(result["similarity"]) == ["itda_jaccard", "linear_cka", "rbf_cka"]
+    assert result["shared_tokens"] == 500 and result["baseline_tokens"] == 500
+    assert (tmp_path / "out" / "similarity.png").exists()
+
+
+def test_compare_command_rejects_mixed_inputs(tmp_path):
+    from itda_lens.compare.cli import run_compare
+
+    with pytest.raises(ValueError, match="not both"):
+        run_compare(compare_args("--model-a", "x", "--dictionaries-b", "y", "--out", str(tmp_path / "o")))
