@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/python -m pytest -q tests "$@"
-.venv-tl3/bin/python -m pytest -q -m tl3 tests "$@"
+.venv-tl3/bin/python -m pytest -q -m tl3 tests/test_transformer_lens.py tests/test_saelens.py "$@"
