@@ -82,11 +82,11 @@ def pursuit(
         correlations = chunk.new_zeros(len(chunk), width)
         correlations[:, :n_atoms] = chunk @ atoms.T
         if gram is not None:
-            idx, val = _gram_steps(correlations.clone(), gram, k)
+            idx, val, pair = _gram_steps(correlations.clone(), gram, k)
         else:
-            idx, val = _dense_steps(chunk, padded_atoms, k)
+            idx, val, pair = _dense_steps(chunk, padded_atoms, k)
         if refit:
-            val = least_squares_refit(correlations, idx, atoms, gram)
+            val = least_squares_refit(correlations, idx, pair)
         indices[start : start + chunk_tokens] = idx
         values[start : start + chunk_tokens] = val
     return indices, values
@@ -94,10 +94,13 @@ def pursuit(
 
 def _gram_steps(
     correlations: Float[Tensor, "m width"], gram: Float[Tensor, "n_atoms width"], k: int
-) -> tuple[Int[Tensor, "m k"], Float[Tensor, "m k"]]:
+) -> tuple[Int[Tensor, "m k"], Float[Tensor, "m k"], Float[Tensor, "m k k"]]:
+    """The MP steps, also returning the chosen atoms' Gram block (read from the rows
+    each step fetches anyway)."""
     m = correlations.shape[0]
     idx = torch.empty(m, k, dtype=torch.long, device=correlations.device)
     val = torch.empty(m, k, dtype=correlations.dtype, device=correlations.device)
+    pair = torch.zeros(m, k, k, dtype=correlations.dtype, device=correlations.device)
     rows = torch.empty_like(correlations)
     for step in range(k):
         best = _abs_argmax(correlations)
@@ -105,16 +108,19 @@ def _gram_steps(
         idx[:, step] = best
         val[:, step] = coef[:, 0]
         torch.index_select(gram, 0, best, out=rows)
+        pair[:, step, : step + 1] = rows.gather(1, idx[:, : step + 1])
         correlations.addcmul_(rows, coef, value=-1.0)
-    return idx, val
+    return idx, val, pair + pair.tril(diagonal=-1).transpose(1, 2)
 
 
 def _dense_steps(
     x: Float[Tensor, "m d_model"], padded_atoms: Float[Tensor, "width d_model"], k: int
-) -> tuple[Int[Tensor, "m k"], Float[Tensor, "m k"]]:
+) -> tuple[Int[Tensor, "m k"], Float[Tensor, "m k"], Float[Tensor, "m k k"]]:
+    """The textbook MP steps, also returning the chosen atoms' Gram block."""
     m = x.shape[0]
     idx = torch.empty(m, k, dtype=torch.long, device=x.device)
     val = torch.empty(m, k, dtype=x.dtype, device=x.device)
+    chosen = x.new_empty(m, k, x.shape[1])
     residual = x.clone()
     for step in range(k):
         correlations = residual @ padded_atoms.T
@@ -122,8 +128,9 @@ def _dense_steps(
         coef = correlations.gather(1, best[:, None])
         idx[:, step] = best
         val[:, step] = coef[:, 0]
-        residual.addcmul_(padded_atoms[best], coef, value=-1.0)
-    return idx, val
+        chosen[:, step] = padded_atoms[best]
+        residual.addcmul_(chosen[:, step], coef, value=-1.0)
+    return idx, val, chosen @ chosen.transpose(1, 2)
 
 
 def _abs_argmax(values: Float[Tensor, "m width"]) -> Int[Tensor, " m"]:
@@ -142,17 +149,10 @@ def _abs_argmax(values: Float[Tensor, "m width"]) -> Int[Tensor, " m"]:
 
 
 def least_squares_refit(
-    correlations: Float[Tensor, "m width"],
-    idx: Int[Tensor, "m k"],
-    atoms: Float[Tensor, "n_atoms d_model"],
-    gram: Float[Tensor, "n_atoms width"] | None = None,
+    correlations: Float[Tensor, "m width"], idx: Int[Tensor, "m k"], pair: Float[Tensor, "m k k"]
 ) -> Float[Tensor, "m k"]:
-    """Least-squares coefficients on the atoms ``idx`` from ``correlations = x @ atoms.T``."""
-    if gram is not None:
-        pair = gram[idx[:, :, None], idx[:, None, :]]
-    else:
-        chosen = atoms[idx]
-        pair = chosen @ chosen.transpose(1, 2)
+    """Least-squares coefficients on the atoms ``idx`` from ``correlations = x @ atoms.T``
+    and the atoms' Gram block ``pair = atoms[idx] @ atoms[idx].T``."""
     return solve_coefficients(pair, correlations.gather(1, idx), idx, refit=True)
 
 
