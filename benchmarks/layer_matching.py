@@ -14,10 +14,11 @@ Prints a table of accuracies, the Jaccard at matched depth beside its null, and 
 heatmap PNG (mean cross-seed matrix per measure) and a JSON file with every matrix.
 
 The ITDA settings (``--k``, ``--threshold``, ``--max-atoms``) were chosen on pilot
-models of seeds 0-3; the default run uses fresh seeds (``--first-seed 10``). Baselines
-use the defaults of :mod:`itda_lens.compare.similarity`.
+models (seeds 0-3, 400 training steps); the default run uses other seeds
+(``--first-seed 10``). Baselines use the defaults of :mod:`itda_lens.compare.similarity`.
+Trained models are kept in ``--models-dir`` and loaded on later runs.
 
-    python benchmarks/layer_matching.py                     # CPU defaults (~20 min, 1 thread)
+    python benchmarks/layer_matching.py --threads 2         # CPU defaults: ~2 min to train each model, ~3 min for the rest
     python benchmarks/layer_matching.py --device cuda --threads 8 --seeds 5 --layers 12 \\
         --d-model 256 --d-mlp 1024 --steps 4000 --batch-size 32 --build-tokens 200000 --max-atoms 20000
 """
@@ -66,7 +67,7 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--text-file", type=Path, default=CORPUS)
     models = p.add_argument_group("models")
-    models.add_argument("--seeds", type=int, default=4, help="number of models")
+    models.add_argument("--seeds", type=int, default=5, help="number of models")
     models.add_argument("--first-seed", type=int, default=10, help="seeds first-seed .. first-seed + seeds - 1")
     models.add_argument("--layers", type=int, default=lm.n_layers)
     models.add_argument("--d-model", type=int, default=lm.d_model)

@@ -43,7 +43,7 @@ class TinyLMConfig:
     d_mlp: int = 256
     seq_len: int = 128
     batch_size: int = 8
-    steps: int = 400
+    steps: int = 1200
     lr: float = 3e-3
     warmup: int = 30
     softmax_tokens: int | None = 4096

@@ -74,7 +74,8 @@ def _rbf_cka_matrices(
     activations: Mapping[str, Mapping[str, Tensor]], pairs: list[tuple[str, str]], sigma_frac: float = 0.8, max_tokens: int = 2048, seed: int = 0
 ) -> dict[tuple[str, str], Tensor]:
     """:func:`~itda_lens.compare.similarity.rbf_cka` for every layer pair of every model
-    pair, each layer's centred kernel computed once (same subsample, same arithmetic)."""
+    pair (same subsample and bandwidth; equal up to rounding), each layer's centred kernel
+    computed once and kept: ``models x layers x max_tokens^2`` float64 values."""
     grams: dict[tuple[str, str], Tensor] = {}
     for model, layers in activations.items():
         for hook, x in layers.items():
