@@ -14,7 +14,6 @@ A next-token loss counts at position ``p`` when ``p`` and ``p + 1`` are both in 
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor

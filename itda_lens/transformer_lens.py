@@ -41,7 +41,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -66,7 +66,7 @@ __all__ = [
     "replace_hook",
 ]
 
-Positions = Union[None, int, Sequence[int], slice, Tensor]
+Positions = None | int | Sequence[int] | slice | Tensor
 
 
 def check_compatible(model, itda: ITDA, hook: str) -> None:

@@ -18,6 +18,19 @@ def wikitext() -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """The embedded SmolLM2 tokenizer alone (byte-level BPE, 49k tokens, spaces attached to words)."""
+    try:
+        from transformers import AutoTokenizer
+
+        from itda_lens.models import embedded_model_path
+
+        return AutoTokenizer.from_pretrained(embedded_model_path())
+    except (ModuleNotFoundError, OSError) as err:
+        pytest.skip(f"the embedded SmolLM2 tokenizer is not available: {err}")
+
+
+@pytest.fixture(scope="session")
 def bridge():
     """SmolLM2-135M-Instruct as a TransformerLens TransformerBridge."""
     from itda_lens.models import load_model

@@ -23,19 +23,6 @@ def documents(wikitext) -> list[str]:
     return list(file_documents(wikitext))[:8]
 
 
-@pytest.fixture(scope="module")
-def smollm2_tokenizer():
-    """The embedded SmolLM2 tokenizer (byte-level BPE, 49k tokens, spaces attached to words)."""
-    try:
-        from transformers import AutoTokenizer
-
-        from itda_lens.models import embedded_model_path
-
-        return AutoTokenizer.from_pretrained(embedded_model_path())
-    except (ModuleNotFoundError, OSError) as err:
-        pytest.skip(f"the embedded SmolLM2 tokenizer is not available: {err}")
-
-
 def word_level_tokenizer(documents: list[str]):
     """A word-level tokenizer trained here on the documents: words and punctuation runs,
     spaces never part of a token."""

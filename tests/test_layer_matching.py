@@ -72,18 +72,6 @@ def documents(wikitext) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def smollm2_tokenizer():
-    try:
-        from transformers import AutoTokenizer
-
-        from itda_lens.models import embedded_model_path
-
-        return AutoTokenizer.from_pretrained(embedded_model_path())
-    except (ModuleNotFoundError, OSError) as err:
-        pytest.skip(f"the embedded SmolLM2 tokenizer is not available: {err}")
-
-
-@pytest.fixture(scope="module")
 def word_tokenizer(documents, tmp_path_factory):
     """A word-level tokenizer trained on the documents (no spaces inside tokens), saved
     and loaded back as TransformerLens expects of a tokenizer."""

@@ -245,7 +245,7 @@ def test_steering_during_generate_prompt_only_or_new_tokens(model, dictionaries)
         for new_tokens in (False, True):
             steered = []
 
-            def record(values, hook):
+            def record(values, hook, steered=steered):
                 steered.append(values[0, :, -1].clone())  # the steering slot is the last one
 
             steering = splice.steer(atom, 30.0, positions=[-1], new_tokens=new_tokens)
