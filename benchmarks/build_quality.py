@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=40)
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
     parser.add_argument("--max-atoms", type=int, default=8192)
+    parser.add_argument("--step-tokens", type=int, default=256, help="tokens encoded per dictionary update")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=None, help="save the dictionary here")
     args = parser.parse_args()
@@ -37,7 +38,9 @@ def main() -> None:
     model = load_model(args.model, device=args.device)
     source = TransformerLensSource(model, [args.hook], model_name=args.model)
     train = token_batches(select_split(file_documents(args.text_file), "train"), model.tokenizer, 128, 16, args.tokens)
-    result = build(source, train, k=args.k, threshold=args.threshold, max_atoms=args.max_atoms, device=args.device, total_tokens=args.tokens)
+    result = build(
+        source, train, k=args.k, threshold=args.threshold, max_atoms=args.max_atoms, step_tokens=args.step_tokens, device=args.device, total_tokens=args.tokens
+    )
     itda = result.dictionaries[args.hook]
     if args.out:
         itda.save(args.out)
