@@ -64,7 +64,8 @@ def pursuit(
 
     Uses the ``gram`` method when ``gram`` (as from :func:`gram_matrix`) is given,
     else the ``dense`` one; both give the same codes up to float rounding. Tokens are
-    processed in chunks so memory is ``O(chunk * n_atoms)`` whatever ``n``.
+    processed in chunks of about :data:`CHUNK_ELEMENTS` correlations (or chosen-atom
+    entries, for the dense method), so memory does not grow with ``n``.
     """
     n_atoms = atoms.shape[0]
     if not 1 <= k <= n_atoms:
@@ -72,8 +73,9 @@ def pursuit(
     width = padded_width(n_atoms)
     if gram is not None and (gram.shape[0] != n_atoms or gram.shape[1] != width):
         raise ValueError(f"gram must have shape ({n_atoms}, {width}) as from gram_matrix, got {tuple(gram.shape)}.")
-    if chunk_tokens is None:
-        chunk_tokens = max(1, CHUNK_ELEMENTS // width)
+    if chunk_tokens is None:  # the dense steps also keep the chosen atoms, [chunk, k, d_model]
+        per_token = width if gram is not None else max(width, k * atoms.shape[1])
+        chunk_tokens = max(1, CHUNK_ELEMENTS // per_token)
     padded_atoms = None if gram is not None else torch.cat([atoms, atoms.new_zeros(width - n_atoms, atoms.shape[1])])
     indices = torch.empty(x.shape[0], k, dtype=torch.long, device=x.device)
     values = torch.empty(x.shape[0], k, dtype=x.dtype, device=x.device)
