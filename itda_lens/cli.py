@@ -27,6 +27,14 @@ def _add_text_args(parser: argparse.ArgumentParser, split: str) -> None:
     group.add_argument("--include-bos", action="store_true", help="also encode (and score) the BOS positions")
 
 
+def _add_run_args(parser: argparse.ArgumentParser) -> None:
+    """Options every command that runs a model shares."""
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    parser.add_argument("--no-progress", action="store_true")
+
+
 def _batches(args, tokenizer):
     from itda_lens.text import documents_from, select_split, token_batches
 
@@ -68,10 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     add_compare_parser(commands)
 
     for command in (train, evaluate):
-        command.add_argument("--device", default="cpu")
-        command.add_argument("--dtype", default="float32")
-        command.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-        command.add_argument("--no-progress", action="store_true")
+        _add_run_args(command)
     return parser
 
 

@@ -16,7 +16,7 @@ DEFAULT_USAGE_TOKENS = 20_000
 
 def add_browse_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``browse`` command to the ``itda-lens`` sub-commands."""
-    from itda_lens.cli import _add_text_args
+    from itda_lens.cli import _add_run_args, _add_text_args
 
     parser = subparsers.add_parser("browse", help="write a static HTML page to explore a dictionary's atoms", description=__doc__)
     parser.add_argument("dictionary", type=Path, help="a dictionary folder (as written by itda-lens train)")
@@ -28,10 +28,7 @@ def add_browse_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--no-usage", action="store_true", help="skip the held-out usage (no model is run)")
     _add_text_args(parser, "heldout")
     parser.set_defaults(max_tokens=DEFAULT_USAGE_TOKENS)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    parser.add_argument("--no-progress", action="store_true")
+    _add_run_args(parser)
     return parser
 
 

@@ -19,7 +19,7 @@ from itda_lens.build import DEFAULT_THRESHOLD
 
 def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``compare`` command to the ``itda-lens`` sub-commands."""
-    from itda_lens.cli import _add_text_args
+    from itda_lens.cli import _add_run_args, _add_text_args
     from itda_lens.compare.comparison import ALL_MEASURES
 
     parser = subparsers.add_parser("compare", help="compare two models (or two sets of dictionaries) layer by layer", description=__doc__)
@@ -45,10 +45,7 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--by", default="span", choices=["span", "token"], help="match atoms by character span (any tokenizers) or token index")
     parser.add_argument("--out", type=Path, required=True, help="folder for comparison.json and similarity.png")
     _add_text_args(parser, "all")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    parser.add_argument("--no-progress", action="store_true")
+    _add_run_args(parser)
     return parser
 
 
