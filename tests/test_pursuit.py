@@ -58,6 +58,28 @@ def test_chunking_does_not_change_codes(problem):
     torch.testing.assert_close(whole[1], chunked[1])
 
 
+def test_default_chunks_bound_memory_of_both_methods(monkeypatch):
+    # A small dictionary: the dense steps' chosen atoms [chunk, k, d_model], not the
+    # correlations [chunk, width], are what must stay within CHUNK_ELEMENTS.
+    monkeypatch.setattr(pursuit, "CHUNK_ELEMENTS", 4096)
+    atoms = F.normalize(torch.randn(128, 64), dim=1)
+    x = torch.randn(300, 64)
+    seen = {}
+    for method in ("_gram_steps", "_dense_steps"):
+        original = getattr(pursuit, method)
+
+        def record(first, *rest, _original=original, _method=method):
+            seen.setdefault(_method, []).append(first.shape[0])
+            return _original(first, *rest)
+
+        monkeypatch.setattr(pursuit, method, record)
+    pursuit.pursuit(x, atoms, 8, gram=pursuit.gram_matrix(atoms))
+    pursuit.pursuit(x, atoms, 8)
+    assert max(seen["_gram_steps"]) * pursuit.padded_width(128) <= 4096
+    assert max(seen["_dense_steps"]) * 8 * 64 <= 4096
+    assert sum(seen["_gram_steps"]) == sum(seen["_dense_steps"]) == 300
+
+
 def test_repeated_atom_gets_zero_after_refit():
     atoms = F.normalize(torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]), dim=1)
     x = torch.tensor([[3.0, 0.5, 0.0]])
