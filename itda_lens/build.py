@@ -73,9 +73,10 @@ class DictionaryBuilder:
     def full(self) -> bool:
         return self.max_atoms is not None and self.n_atoms >= self.max_atoms
 
-    def update(self, x: Float[Tensor, "n d_model"]) -> tuple[list[int], Float[Tensor, " n"]]:
-        """Offer activations in stream order; returns the rows that became atoms and
-        every row's relative error before its step's additions (NaN once full)."""
+    def update(self, x: Float[Tensor, "n d_model"]) -> tuple[list[int], float]:
+        """Offer activations in stream order; returns the rows that became atoms and the
+        share of the rows encoded (none once full: NaN) that were reconstructed worse than
+        the threshold."""
         if x.shape[-1] != self.d_model:
             raise ValueError(f"activations of width {x.shape[-1]} offered to a builder of width {self.d_model}.")
         x = x.to(self.device, torch.float32)
@@ -86,18 +87,19 @@ class DictionaryBuilder:
                 "check the model's dtype (float16 overflows) and its inputs."
             )
         accepted: list[int] = []
-        errors = torch.full((len(x),), float("nan"), device=self.device)
+        worse = encoded = 0
         for start in range(0, len(x), self.step_tokens):
             if self.full:
                 break
             chunk = x[start : start + self.step_tokens]
-            errors[start : start + len(chunk)] = 1.0
+            poor = chunk.norm(dim=1) > 0
             if self.n_atoms:
+                # A token stops encoding once surely within the threshold: it cannot become an atom.
                 k = min(self.k, self.n_atoms)
-                idx, val = pursuit.pursuit(chunk, self.atoms, k, gram=self._gram_view(), refit=self.refit)
-                errors[start : start + len(chunk)] = relative_error(chunk, pursuit.decode(idx, val, self.atoms))
-            chunk_errors = errors[start : start + len(chunk)]
-            candidates = torch.nonzero((chunk_errors > self.threshold) & (chunk.norm(dim=1) > 0))[:, 0]
+                idx, val = pursuit.pursuit(chunk, self.atoms, k, gram=self._gram_view(), refit=self.refit, tolerance=self.threshold)
+                poor &= relative_error(chunk, pursuit.decode(idx, val, self.atoms)) > self.threshold
+            candidates = torch.nonzero(poor)[:, 0]
+            worse, encoded = worse + len(candidates), encoded + len(chunk)
             keep = self._independent(F.normalize(chunk[candidates], dim=1))
             if self.max_atoms is not None:
                 keep = keep[: self.max_atoms - self.n_atoms]
@@ -105,7 +107,7 @@ class DictionaryBuilder:
                 rows = candidates[keep]
                 self._append(F.normalize(chunk[rows], dim=1))
                 accepted.extend((rows + start).tolist())
-        return accepted, errors
+        return accepted, worse / encoded if encoded else float("nan")
 
     def _independent(self, units: Float[Tensor, "c d_model"]) -> list[int]:
         """Candidates (in order) that no earlier kept candidate explains alone."""
@@ -201,7 +203,8 @@ def build(
     """Build one dictionary per hook point of ``source`` from ``batches``; reading stops
     early once every dictionary has ``max_atoms``.
 
-    ``history[hook]`` holds ``[tokens, n_atoms, mean relative error]`` after each batch.
+    ``history[hook]`` holds ``[tokens, n_atoms, share of the batch's tokens reconstructed
+    worse than the threshold]`` after each batch.
     With ``checkpoint_dir`` the build resumes from a checkpoint found there.
     """
     d_model = source.d_model
@@ -224,10 +227,10 @@ def build(
             positions = torch.nonzero(batch.mask.flatten())[:, 0]
             for hook, builder in builders.items():
                 x = activations[hook].flatten(0, 1)[positions.to(activations[hook].device)]
-                added, errors = builder.update(x)
+                added, worse = builder.update(x)
                 if added:
                     builder.provenance.append(batch.provenance(positions[added]))
-                state["history"][hook].append([state["tokens"] + len(positions), builder.n_atoms, float(errors.nanmean())])
+                state["history"][hook].append([state["tokens"] + len(positions), builder.n_atoms, worse])
             end = time.perf_counter()
             state["seconds_forward"] += middle - start
             state["seconds_dictionary"] += end - middle

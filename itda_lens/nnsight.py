@@ -19,7 +19,8 @@ in its place (with or without the error term), :func:`ablate` removes atoms,
 back as ``(indices, values)`` of shape ``[batch, seq, k]``; positions outside ``mask``
 are not encoded and have index -1 and value 0.
 
-Remote safety: what runs inside a trace uses only torch and the standard library.
+Remote safety: what runs inside a trace uses only torch and the standard library (and,
+for encoding on the CPU, numba where it is installed).
 Importing this module registers ``itda_lens`` with ``nnsight.register`` so these
 functions are shipped by value to a server that lacks itda-lens. Never reference an
 :class:`~itda_lens.ITDA` inside a trace: it needs packages NDIF lacks; pass

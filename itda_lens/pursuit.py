@@ -6,6 +6,8 @@ Two exact implementations of the same signed k-step matching pursuit (MP):
   correlations with one row of the Gram matrix ``atoms @ atoms.T``
   (``c <- c - v * G[i]``), since ``atoms @ (x - v * atoms[i]) = c - v * G[i]``.
   A step costs ``n_atoms`` multiply-adds per token instead of ``n_atoms * d_model``.
+  For float32 on the CPU the steps run compiled (:mod:`itda_lens.pursuit_numba`) when
+  numba is installed.
 - ``dense``: the textbook loop, one product with the whole dictionary per step. It
   needs no Gram matrix, so it is the fallback for dictionaries too large for one.
 
@@ -36,6 +38,14 @@ CHUNK_ELEMENTS = 1 << 21
 #: are zero-padded to a multiple of it.
 BLOCK = 128
 
+#: With a ``tolerance``, the steps between checks for tokens that may stop.
+STOP_EVERY = 4
+
+#: With a ``tolerance``, a token stops once its MP residual is below
+#: ``tolerance - STOP_SLACK`` of its squared norm: the slack covers the float rounding
+#: of the residual bookkeeping, so a stopped token is surely within ``tolerance``.
+STOP_SLACK = 1e-4
+
 
 def padded_width(n_atoms: int) -> int:
     """``n_atoms`` rounded up to a multiple of :data:`BLOCK`."""
@@ -59,6 +69,7 @@ def pursuit(
     gram: Float[Tensor, "n_atoms width"] | None = None,
     refit: bool = True,
     chunk_tokens: int | None = None,
+    tolerance: float | None = None,
 ) -> tuple[Int[Tensor, "n k"], Float[Tensor, "n k"]]:
     """Encode ``x`` with ``k`` steps of signed matching pursuit.
 
@@ -66,6 +77,12 @@ def pursuit(
     else the ``dense`` one; both give the same codes up to float rounding. Tokens are
     processed in chunks of about :data:`CHUNK_ELEMENTS` correlations (or chosen-atom
     entries, for the dense method), so memory does not grow with ``n``.
+
+    ``tolerance`` (``gram`` method only) lets a token stop early, at a check every
+    :data:`STOP_EVERY` steps, once its relative error ``||x - x_hat||^2 / ||x||^2`` is
+    surely within it; such a token keeps its MP coefficients (no refit) and its later
+    slots repeat its first atom with value 0. The builder uses it: a token that stops
+    cannot become an atom.
     """
     n_atoms = atoms.shape[0]
     if not 1 <= k <= n_atoms:
@@ -84,35 +101,74 @@ def pursuit(
         correlations = chunk.new_zeros(len(chunk), width)
         correlations[:, :n_atoms] = chunk @ atoms.T
         if gram is not None:
-            idx, val, pair = _gram_steps(correlations.clone(), gram, k)
+            enough = None if tolerance is None else (1.0 - tolerance + STOP_SLACK) * chunk.double().square().sum(dim=1)
+            idx, val, pair, ran = _steps_for(correlations)(correlations.clone(), gram, k, enough)
         else:
-            idx, val, pair = _dense_steps(chunk, padded_atoms, k)
-        if refit:
+            (idx, val, pair), ran = _dense_steps(chunk, padded_atoms, k), None
+        if refit and ran is None:
             val = least_squares_refit(correlations, idx, pair)
+        elif refit and len(ran):
+            val[ran] = least_squares_refit(correlations[ran], idx[ran], pair[ran])
         indices[start : start + chunk_tokens] = idx
         values[start : start + chunk_tokens] = val
     return indices, values
 
 
+def _steps_for(correlations: Tensor):
+    """The compiled ``gram`` steps for float32 on the CPU when numba is installed, else
+    the torch ones."""
+    if correlations.device.type == "cpu" and correlations.dtype == torch.float32:
+        try:
+            from itda_lens import pursuit_numba
+        except ImportError:
+            return _gram_steps
+        return pursuit_numba.gram_steps
+    return _gram_steps
+
+
 def _gram_steps(
-    correlations: Float[Tensor, "m width"], gram: Float[Tensor, "n_atoms width"], k: int
-) -> tuple[Int[Tensor, "m k"], Float[Tensor, "m k"], Float[Tensor, "m k k"]]:
+    correlations: Float[Tensor, "m width"],
+    gram: Float[Tensor, "n_atoms width"],
+    k: int,
+    enough: Float[Tensor, " m"] | None = None,
+) -> tuple[Int[Tensor, "m k"], Float[Tensor, "m k"], Float[Tensor, "m k k"], Int[Tensor, " r"] | None]:
     """The MP steps, also returning the chosen atoms' Gram block (read from the rows
-    each step fetches anyway)."""
+    each step fetches anyway).
+
+    With ``enough``, a token stops once its coefficients' squares (the energy the MP
+    steps removed) reach it; its later slots repeat its first atom with value 0. The
+    last output lists the tokens that ran all ``k`` steps (``None`` if all did).
+    """
     m = correlations.shape[0]
-    idx = torch.empty(m, k, dtype=torch.long, device=correlations.device)
-    val = torch.empty(m, k, dtype=correlations.dtype, device=correlations.device)
+    idx = torch.zeros(m, k, dtype=torch.long, device=correlations.device)
+    val = torch.zeros(m, k, dtype=correlations.dtype, device=correlations.device)
     pair = torch.zeros(m, k, k, dtype=correlations.dtype, device=correlations.device)
     rows = torch.empty_like(correlations)
+    live = None  # the output rows that the working tensors hold, once some tokens stopped
+    c, i, v, p = correlations, idx, val, pair
     for step in range(k):
-        best = _abs_argmax(correlations)
-        coef = correlations.gather(1, best[:, None])
-        idx[:, step] = best
-        val[:, step] = coef[:, 0]
+        if enough is not None and step and step % STOP_EVERY == 0:
+            done = v[:, :step].double().square().sum(dim=1) >= enough
+            if done.any():
+                i[done, step:] = i[done, :1]
+                if live is not None:
+                    idx[live], val[live], pair[live] = i, v, p
+                going = torch.nonzero(~done)[:, 0]
+                live = going if live is None else live[going]
+                if not len(live):
+                    break
+                c, i, v, p, enough = c[going], i[going], v[going], p[going], enough[going]
+                rows = rows[: len(live)]
+        best = _abs_argmax(c)
+        coef = c.gather(1, best[:, None])
+        i[:, step] = best
+        v[:, step] = coef[:, 0]
         torch.index_select(gram, 0, best, out=rows)
-        pair[:, step, : step + 1] = rows.gather(1, idx[:, : step + 1])
-        correlations.addcmul_(rows, coef, value=-1.0)
-    return idx, val, pair + pair.tril(diagonal=-1).transpose(1, 2)
+        p[:, step, : step + 1] = rows.gather(1, i[:, : step + 1])
+        c.addcmul_(rows, coef, value=-1.0)
+    if live is not None and len(live):
+        idx[live], val[live], pair[live] = i, v, p
+    return idx, val, pair + pair.tril(diagonal=-1).transpose(1, 2), live
 
 
 def _dense_steps(

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from itda_lens import pursuit
 from itda_lens.activations import TransformerLensSource
 from itda_lens.build import DictionaryBuilder, build
 from itda_lens.provenance import document_id
@@ -29,6 +30,30 @@ def test_threshold_is_scale_and_width_free():
     assert small.update(x)[0] == large.update(x * 1000.0)[0]
     with pytest.raises(ValueError, match=r"must lie in \(0, 1\)"):
         DictionaryBuilder(64, threshold=3.0)
+
+
+def test_stopping_early_leaves_the_dictionary_unchanged(monkeypatch):
+    # Tokens near the span of a few directions stop their pursuit early; the rest run all
+    # k steps. Without stopping, the same atoms must be chosen.
+    torch.manual_seed(0)
+    directions = torch.randn(24, 64)
+    x = torch.randn(1200, 24) @ directions + 0.25 * torch.randn(1200, 64)
+    stopping = DictionaryBuilder(64, k=8, threshold=0.2, step_tokens=100)
+    added, worse = stopping.update(x)
+    calls = []
+    original = pursuit.pursuit
+
+    def without_stopping(*args, tolerance=None, **kwargs):
+        idx, val = original(*args, tolerance=tolerance, **kwargs)
+        calls.append(((idx[:, -1] == idx[:, 0]) & (val[:, -1] == 0)).sum())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pursuit, "pursuit", without_stopping)
+    full = DictionaryBuilder(64, k=8, threshold=0.2, step_tokens=100)
+    assert full.update(x) == (added, worse)
+    assert sum(calls) > 100  # tokens did stop
+    assert 0 < worse < 1 and len(added) > 24
+    assert torch.equal(full.atoms, stopping.atoms)
 
 
 def test_max_atoms_and_bad_activations():

@@ -1,8 +1,11 @@
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from itda_lens import pursuit
+import itda_lens
+from itda_lens import pursuit, pursuit_numba
 
 
 def textbook_mp(x, atoms, k):
@@ -64,20 +67,89 @@ def test_default_chunks_bound_memory_of_both_methods(monkeypatch):
     monkeypatch.setattr(pursuit, "CHUNK_ELEMENTS", 4096)
     atoms = F.normalize(torch.randn(128, 64), dim=1)
     x = torch.randn(300, 64)
-    seen = {}
-    for method in ("_gram_steps", "_dense_steps"):
-        original = getattr(pursuit, method)
+    seen = {"gram": [], "dense": []}
 
-        def record(first, *rest, _original=original, _method=method):
-            seen.setdefault(_method, []).append(first.shape[0])
-            return _original(first, *rest)
+    def gram_steps(correlations, *rest):
+        seen["gram"].append(correlations.shape[0])
+        return pursuit._gram_steps(correlations, *rest)
 
-        monkeypatch.setattr(pursuit, method, record)
+    def dense_steps(chunk, *rest, _original=pursuit._dense_steps):
+        seen["dense"].append(chunk.shape[0])
+        return _original(chunk, *rest)
+
+    monkeypatch.setattr(pursuit, "_steps_for", lambda correlations: gram_steps)
+    monkeypatch.setattr(pursuit, "_dense_steps", dense_steps)
     pursuit.pursuit(x, atoms, 8, gram=pursuit.gram_matrix(atoms))
     pursuit.pursuit(x, atoms, 8)
-    assert max(seen["_gram_steps"]) * pursuit.padded_width(128) <= 4096
-    assert max(seen["_dense_steps"]) * 8 * 64 <= 4096
-    assert sum(seen["_gram_steps"]) == sum(seen["_dense_steps"]) == 300
+    assert max(seen["gram"]) * pursuit.padded_width(128) <= 4096
+    assert max(seen["dense"]) * 8 * 64 <= 4096
+    assert sum(seen["gram"]) == sum(seen["dense"]) == 300
+
+
+@pytest.fixture
+def problem32():
+    torch.manual_seed(1)
+    atoms = F.normalize(torch.randn(700, 48), dim=1)
+    x = torch.randn(90, 48) * torch.rand(90, 1) * 10
+    return x, atoms
+
+
+def steps_inputs(x, atoms):
+    gram = pursuit.gram_matrix(atoms)
+    correlations = x.new_zeros(len(x), gram.shape[1])
+    correlations[:, : len(atoms)] = x @ atoms.T
+    return correlations, gram
+
+
+@pytest.mark.parametrize("tolerance", [None, 0.2])
+def test_compiled_steps_equal_torch_steps(problem32, tolerance):
+    x, atoms = problem32
+    correlations, gram = steps_inputs(x, atoms)
+    enough = None if tolerance is None else (1 - tolerance) * x.double().square().sum(1)
+    want = pursuit._gram_steps(correlations.clone(), gram, 12, enough)
+    got = pursuit_numba.gram_steps(correlations.clone(), gram, 12, enough)
+    assert torch.equal(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])
+    torch.testing.assert_close(got[2], want[2])
+    if tolerance is None:
+        assert got[3] is want[3] is None
+    else:  # some tokens stop at each check
+        assert torch.equal(got[3], want[3]) and 0 < len(want[3]) < len(x)
+
+
+def test_compiled_steps_read_a_gram_view_inside_a_larger_buffer(problem32):
+    # The builder keeps its Gram matrix in a buffer with room to grow.
+    x, atoms = problem32
+    correlations, gram = steps_inputs(x, atoms)
+    buffer = torch.zeros(1024, 1024)
+    buffer[: gram.shape[0], : gram.shape[1]] = gram
+    view = buffer[: gram.shape[0], : gram.shape[1]]
+    want = pursuit_numba.gram_steps(correlations.clone(), gram, 10)
+    got = pursuit_numba.gram_steps(correlations.clone(), view, 10)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_tolerance_stops_only_tokens_within_it(problem32, monkeypatch, compiled):
+    x, atoms = problem32
+    if not compiled:
+        monkeypatch.setattr(pursuit, "_steps_for", lambda correlations: pursuit._gram_steps)
+    gram = pursuit.gram_matrix(atoms)
+    full_idx, full_val = pursuit.pursuit(x, atoms, 16, gram=gram)
+    idx, val = pursuit.pursuit(x, atoms, 16, gram=gram, tolerance=0.1)
+    error = (x - pursuit.decode(idx, val, atoms)).pow(2).sum(1) / x.pow(2).sum(1)
+    stopped = (idx[:, -1] == idx[:, 0]) & (val[:, -1] == 0)
+    assert stopped.any() and (~stopped).any()
+    assert (error[stopped] <= 0.1).all()
+    assert torch.equal(idx[~stopped], full_idx[~stopped])
+    torch.testing.assert_close(val[~stopped], full_val[~stopped])
+
+
+def test_torch_steps_when_numba_is_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "itda_lens.pursuit_numba", None)  # import raises ImportError
+    monkeypatch.delattr(itda_lens, "pursuit_numba")
+    assert pursuit._steps_for(torch.zeros(2, 128)) is pursuit._gram_steps
+    assert pursuit._steps_for(torch.zeros(2, 128, dtype=torch.float64)) is pursuit._gram_steps
 
 
 def test_repeated_atom_gets_zero_after_refit():
