@@ -5,7 +5,9 @@ at a time. Each is encoded with the current dictionary; one whose relative error
 ``||x - x_hat||^2 / ||x||^2`` exceeds ``threshold`` becomes a candidate atom (its unit
 vector). Candidates are accepted in stream order, except one that an earlier accepted
 candidate of the same step already explains alone (``1 - cos^2 <= threshold``), so the
-dictionary never holds duplicates. Building stops adding at ``max_atoms``.
+dictionary never holds duplicates. Building stops adding at ``max_atoms``. A token's
+encoding stops early once it is surely within the threshold (it cannot become an atom),
+which changes the time a build takes, not the dictionary.
 
 A build writes a checkpoint every ``checkpoint_every`` batches and when interrupted or
 failing;
