@@ -165,7 +165,8 @@ def _gram_steps(
         v[:, step] = coef[:, 0]
         torch.index_select(gram, 0, best, out=rows)
         p[:, step, : step + 1] = rows.gather(1, i[:, : step + 1])
-        c.addcmul_(rows, coef, value=-1.0)
+        if step + 1 < k:
+            c.addcmul_(rows, coef, value=-1.0)
     if live is not None and len(live):
         idx[live], val[live], pair[live] = i, v, p
     return idx, val, pair + pair.tril(diagonal=-1).transpose(1, 2), live

@@ -79,7 +79,9 @@ def _steps(correlations, gram, stride, k, enough, idx, val, pair, ran):
             for earlier in range(step + 1):
                 pair[token, step, earlier] = pair[token, earlier, step] = atom[idx[token, earlier]]
             removed += np.float64(coef) * coef
-            if (step + 1) % STOP_EVERY == 0 and step + 1 < k and removed >= enough[token]:
+            if step + 1 == k:
+                break
+            if (step + 1) % STOP_EVERY == 0 and removed >= enough[token]:
                 idx[token, step + 1 :] = idx[token, 0]
                 ran[token] = False
                 break
