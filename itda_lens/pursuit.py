@@ -87,6 +87,8 @@ def pursuit(
     n_atoms = atoms.shape[0]
     if not 1 <= k <= n_atoms:
         raise ValueError(f"k={k} must be between 1 and the number of atoms ({n_atoms}).")
+    if tolerance is not None and not 0.0 < tolerance < 1.0:
+        raise ValueError(f"tolerance is a relative error and must lie in (0, 1), got {tolerance}.")
     width = padded_width(n_atoms)
     if gram is not None and (gram.shape[0] != n_atoms or gram.shape[1] != width):
         raise ValueError(f"gram must have shape ({n_atoms}, {width}) as from gram_matrix, got {tuple(gram.shape)}.")

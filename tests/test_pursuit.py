@@ -187,6 +187,8 @@ def test_k_must_fit_dictionary(problem):
     x, atoms = problem
     with pytest.raises(ValueError, match="between 1 and the number of atoms"):
         pursuit.pursuit(x, atoms[:3], 4)
+    with pytest.raises(ValueError, match=r"tolerance .* must lie in \(0, 1\)"):
+        pursuit.pursuit(x, atoms, 4, gram=pursuit.gram_matrix(atoms), tolerance=1.5)
 
 
 def test_decode_is_weighted_sum(problem):
