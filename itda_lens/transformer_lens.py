@@ -183,7 +183,10 @@ class AttachedITDA(nn.Module):
         #: Mean |coefficient| of each atom where active, from :meth:`calibrate` (NaN: never active).
         self.typical_coefficients: Float[Tensor, " n_atoms"] | None = None
         self._edits: list[_Edit] = []
+        #: Token ids embedded since the last multi-token embedding: a one-token embedding
+        #: extends them (generate adds tokens one at a time, with or without a KV cache).
         self._tokens: Tensor | None = None
+        self._embedded = False  # an embedding happened since the last pass
         self._warned_no_tokens = False
         self._stats: list[Tensor] | None = None
         self._record: _Record | None = None
@@ -215,7 +218,7 @@ class AttachedITDA(nn.Module):
         x = self.hook_in(x)
         itda = self._dictionary_on(x.device)
         keep = self._encoded_positions(x)
-        self._tokens = None  # used up: a later pass without token ids must not see these
+        self._embedded = False  # used up: a later pass without token ids must not see these
         if self._recording and torch.is_grad_enabled() and not x.requires_grad:
             x = x.detach().requires_grad_(True)
         batch, seq, _ = x.shape
@@ -261,7 +264,8 @@ class AttachedITDA(nn.Module):
         if not self.exclude_tokens:
             return keep
         tokens = self._tokens
-        if tokens is None or tokens.shape != x.shape[:2]:
+        batch, seq = x.shape[:2]
+        if not self._embedded or tokens is None or tokens.shape[0] != batch or tokens.shape[1] < seq:
             if not self._warned_no_tokens:
                 warnings.warn(
                     f"the dictionary at {self.hook} saw no token ids for this forward pass (input embeddings, "
@@ -271,12 +275,15 @@ class AttachedITDA(nn.Module):
                 self._warned_no_tokens = True
             return keep
         excluded = torch.tensor(self.exclude_tokens, device=tokens.device)
-        return ~torch.isin(tokens, excluded).to(x.device)
+        return ~torch.isin(tokens[:, -seq:], excluded).to(x.device)
 
     def _capture_tokens(self, module, args, kwargs) -> None:
         tokens = args[0] if args else kwargs.get("input_ids", kwargs.get("tokens"))
         if isinstance(tokens, Tensor) and not tokens.is_floating_point() and tokens.dim() == 2:
-            self._tokens = tokens
+            previous = self._tokens
+            extends = tokens.shape[1] == 1 and previous is not None and previous.shape[0] == tokens.shape[0]
+            self._tokens = torch.cat([previous, tokens.to(previous.device)], dim=1) if extends else tokens
+            self._embedded = True
 
     def _splice(self, module, inputs, output: Tensor) -> Tensor:
         return self(output)

@@ -54,3 +54,37 @@ def nnsight_model():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # LanguageModel is a deprecated alias of TransformersModel in nnsight 0.8
         return load_model(backend="nnsight")
+
+
+@pytest.fixture(scope="session")
+def hooked_transformer():
+    """SmolLM2-135M-Instruct as a TransformerLens 3.x HookedTransformer (skipped on 4.x)."""
+    from itda_lens.models import load_model
+
+    pytest.importorskip("transformer_lens", reason="TransformerLens is not installed")
+    try:
+        from transformer_lens import HookedTransformer  # noqa: F401
+    except ImportError:
+        pytest.skip("HookedTransformer lives in TransformerLens 3.x")
+    return load_model(backend="hooked_transformer")
+
+
+@pytest.fixture(scope="session")
+def dictionaries(bridge, wikitext):
+    """Small real dictionaries at blocks.3 and blocks.15.hook_resid_post, built from 3,000
+    training tokens of WikiText."""
+    from itda_lens.activations import TransformerLensSource
+    from itda_lens.build import build
+    from itda_lens.text import file_documents, select_split, token_batches
+
+    hooks = ["blocks.3.hook_resid_post", "blocks.15.hook_resid_post"]
+    batches = token_batches(select_split(file_documents(wikitext), "train"), bridge.tokenizer, 64, 8, 3000)
+    return build(TransformerLensSource(bridge, hooks), batches, k=16, threshold=0.15, progress=False).dictionaries
+
+
+@pytest.fixture(scope="session")
+def hf_model():
+    """SmolLM2-135M-Instruct as a plain transformers model, its own copy of the weights."""
+    from itda_lens.models import load_model
+
+    return load_model(backend="hf")

@@ -13,9 +13,7 @@ import pytest
 import torch
 
 from itda_lens import ITDA, evaluate
-from itda_lens.activations import TransformerLensSource
 from itda_lens.attribution import ablate, ablation_effects, attribute, attribute_all, log_prob, logit_diff
-from itda_lens.build import build
 from itda_lens.metrics import next_token_losses
 from itda_lens.text import file_documents, select_split, token_batches
 from itda_lens.transformer_lens import attach, attach_all, attached, attachments, detach, position_mask
@@ -35,20 +33,6 @@ except (ImportError, AttributeError):
 BACKENDS = ["bridge", "hooked_transformer"] if HAS_HOOKED_TRANSFORMER else ["bridge"]
 #: The backend the statistical tests use: HookedTransformer on TransformerLens 3.x.
 PRIMARY = BACKENDS[-1]
-
-
-@pytest.fixture(scope="module")
-def dictionaries(bridge, wikitext) -> dict[str, ITDA]:
-    """Small real dictionaries at layers 3 and 15, built from 3,000 training tokens."""
-    batches = token_batches(select_split(file_documents(wikitext), "train"), bridge.tokenizer, 64, 8, 3000)
-    return build(TransformerLensSource(bridge, [EARLY, LATE]), batches, k=16, threshold=0.15, progress=False).dictionaries
-
-
-@pytest.fixture(scope="module")
-def hooked_transformer():
-    from itda_lens.models import load_model
-
-    return load_model(backend="hooked_transformer")
 
 
 def _model(request, name):
