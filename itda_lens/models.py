@@ -24,6 +24,7 @@ _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 Backend = Literal["hf", "transformer_lens", "hooked_transformer", "nnsight"]
+BACKENDS: tuple[Backend, ...] = ("hf", "transformer_lens", "hooked_transformer", "nnsight")
 
 
 def cache_dir() -> Path:
@@ -58,15 +59,53 @@ def embedded_model_path() -> Path:
     return target
 
 
+#: The floating-point types a model can be loaded in.
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+def check_dtype(dtype: str):
+    """The ``torch.dtype`` named ``dtype``; a ``ValueError`` naming the choices otherwise."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}.")
+    return getattr(torch, dtype)
+
+
+def check_device(device: str):
+    """The ``torch.device`` named ``device`` if this machine has it; a ``ValueError`` otherwise."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device {device!r} is not a device name; use cpu, cuda, cuda:N or mps.") from err
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but this machine has no CUDA GPU; use cpu.")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} CUDA GPU(s).")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} asked for, but MPS is not available here; use cpu.")
+    return parsed
+
+
 def load_hf(name: str = DEFAULT_MODEL, dtype: str = "float32", device: str = "cpu"):
     """A ``transformers`` causal LM and its tokenizer, in eval mode."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    torch_dtype, torch_device = check_dtype(dtype), check_device(device)
     path = embedded_model_path() if name == DEFAULT_MODEL else name
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
-    return model, tokenizer
+    if Path(path).exists() and not (Path(path) / "config.json").is_file():
+        raise ValueError(f"{path} is a path but not a model folder (it has no config.json); give a Hugging Face model folder or id.")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    except OSError as err:
+        raise ValueError(
+            f"cannot load model {name!r}: it is not {DEFAULT_MODEL!r} (the embedded model), a model folder, "
+            f"or a Hugging Face id that is cached or reachable ({str(err).splitlines()[0]})."
+        ) from err
+    return model.to(torch_device).eval(), tokenizer
 
 
 def hub_id(name: str) -> str:
@@ -82,6 +121,8 @@ def load_model(name: str = DEFAULT_MODEL, backend: Backend = "transformer_lens",
     ``LanguageModel``; ``hf`` the bare ``transformers`` model. All run offline. Warns once
     if a library is at a version the tests did not pass with (:mod:`itda_lens.versions`).
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}.")
     warn_untested_versions()
     model, tokenizer = load_hf(name, dtype=dtype, device=device)
     if backend == "hf":
@@ -98,8 +139,6 @@ def load_model(name: str = DEFAULT_MODEL, backend: Backend = "transformer_lens",
         hooked = hooked_transformer_from_hf(model, tokenizer)
         hooked.cfg.model_name = name
         return hooked
-    if backend == "nnsight":
-        from nnsight import LanguageModel
+    from nnsight import LanguageModel
 
-        return LanguageModel(model, tokenizer=tokenizer)
-    raise ValueError(f"backend must be one of hf, transformer_lens, hooked_transformer, nnsight; got {backend!r}.")
+    return LanguageModel(model, tokenizer=tokenizer)
