@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Record the exact versions in .venv and .venv-tl3 as requirements/tl4.txt and tl3.txt, the
-# files scripts/setup.sh installs from. Run it after the suite passed in those environments
-# (for an upgrade: ITDA_LENS_VERSIONS=latest bash scripts/test.sh, then copy or rebuild the
-# environments), and update itda_lens/versions.py's TESTED ranges to match (a test checks).
+# files scripts/setup.sh installs from, after the suite passed there. For an upgrade:
+#   ITDA_LENS_VERSIONS=latest bash scripts/test.sh && ITDA_LENS_VERSIONS=latest bash scripts/lock.sh
+# records .venv-latest and .venv-tl3-latest instead. Then set itda_lens/versions.py's TESTED
+# to the new versions (tests/test_versions.py checks that they agree).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 lock() {  # lock VENV FILE
@@ -11,5 +12,7 @@ lock() {  # lock VENV FILE
   } > "$2"
   echo "wrote $2"
 }
-lock .venv requirements/tl4.txt
-lock .venv-tl3 requirements/tl3.txt
+SUFFIX=""
+if [ "${ITDA_LENS_VERSIONS:-tested}" = latest ]; then SUFFIX="-latest"; fi
+lock ".venv$SUFFIX" requirements/tl4.txt
+lock ".venv-tl3$SUFFIX" requirements/tl3.txt
