@@ -213,7 +213,7 @@ def outcomes(tmp_path_factory):
     subprocess.run(command, env=_environment(), check=True, timeout=900)
     status = json.loads((logs / "status.json").read_text())
     results = {}
-    for number, (name, (argv, fragments)) in enumerate(cases.items()):
+    for number, (name, (_, fragments)) in enumerate(cases.items()):
         stderr = Path(runs[number]["stderr"]).read_text()
         results[name] = (runs[number]["argv"], fragments, status[number], stderr, outs / f"case{number}")
     return results, before, _snapshot(root)
