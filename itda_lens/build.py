@@ -255,7 +255,7 @@ def build(
                     builder.provenance.append(batch.provenance(positions[added]))
                 state["history"][hook].append([state["tokens"] + len(positions), builder.n_atoms, worse])
             end = time.perf_counter()
-            # One update, so that an interruption leaves the state of a whole batch.
+            # The batch is done, in one update; a checkpoint leaves out what an unfinished batch added.
             state.update(
                 batches=number + 1, tokens=state["tokens"] + len(positions), corpus_sha256=corpus.hexdigest(),
                 seconds_forward=state["seconds_forward"] + middle - start, seconds_dictionary=state["seconds_dictionary"] + end - middle,

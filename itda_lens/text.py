@@ -186,38 +186,37 @@ def token_batches(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else bos
     rows: list[list[tuple[int, int, int, int, int]]] = []
     texts: dict[int, str] = {}
-    remaining = max_tokens if max_tokens is not None else float("inf")
     produced = 0
-    for text in documents:
-        doc = document_id(text)
-        chunk: list[tuple[int, int, int, int, int]] = []
-        for entry in _document_tokens(text, doc, tokenizer):
-            chunk.append(entry)
-            remaining -= 1
-            if len(chunk) == seq_len - 1 or remaining <= 0:
-                rows.append(chunk)
-                texts[doc] = text
-                chunk = []
-                if len(rows) == batch_size:
-                    yield _collate(rows, texts, seq_len, bos, pad, include_bos)
-                    produced += 1
-                    rows, texts = [], {}
-                if remaining <= 0:
-                    break
-        if chunk:
-            rows.append(chunk)
-            texts[doc] = text
-            if len(rows) == batch_size:
-                yield _collate(rows, texts, seq_len, bos, pad, include_bos)
-                produced += 1
-                rows, texts = [], {}
-        if remaining <= 0:
-            break
+    for row, text in _rows(documents, tokenizer, seq_len - 1, max_tokens):
+        rows.append(row)
+        texts[row[0][1]] = text
+        if len(rows) == batch_size:
+            yield _collate(rows, texts, seq_len, bos, pad, include_bos)
+            produced += 1
+            rows, texts = [], {}
     if rows:
         yield _collate(rows, texts, seq_len, bos, pad, include_bos)
         produced += 1
     if produced == 0:
         raise ValueError("the corpus has no text: pass a non-empty file or dataset.")
+
+
+def _rows(documents: Iterable[str], tokenizer, width: int, max_tokens: int | None) -> Iterator[tuple[list, str]]:
+    """Rows of at most ``width`` token entries of one document (with its text), until
+    ``max_tokens`` entries; a document is read only as far as needed."""
+    remaining = max_tokens if max_tokens is not None else float("inf")
+    for text in documents:
+        row = []
+        for entry in _document_tokens(text, document_id(text), tokenizer):
+            row.append(entry)
+            remaining -= 1
+            if len(row) == width or remaining <= 0:
+                yield row, text
+                row = []
+            if remaining <= 0:
+                return
+        if row:
+            yield row, text
 
 
 def _document_tokens(text: str, doc: int, tokenizer) -> Iterator[tuple[int, int, int, int, int]]:
