@@ -4,7 +4,8 @@
 command imports (torch, transformers and TransformerLens: seconds) once, then forks one process per case that
 runs ``itda_lens.cli`` as ``__main__`` exactly as ``python -m itda_lens.cli ARGS`` does,
 in the case's folder, with its stdout and stderr in files. ``CASES.json`` is a list of
-``{"argv": [...], "cwd": "...", "stdout": "...", "stderr": "..."}``; ``RESULTS.json``
+``{"argv": [...], "cwd": "...", "stdout": "...", "stderr": "...", "env": {...}}`` (``env``
+added to the environment); ``RESULTS.json``
 gets the exit status of each, in order. At most ``WORKERS`` run at a time. Nothing has
 run a torch operation before the forks, so each process starts with fresh threads.
 """
@@ -30,6 +31,7 @@ def _child(case: dict) -> int:
     for fd, path in ((1, case["stdout"]), (2, case["stderr"])):
         os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
     os.chdir(case["cwd"])
+    os.environ.update(case.get("env", {}))
     sys.argv = ["itda-lens", *case["argv"]]
     try:
         runpy.run_module("itda_lens.cli", run_name="__main__", alter_sys=True)

@@ -3,10 +3,9 @@
 Every case must end with status 2 (130 for Ctrl-C) and exactly one line on stderr that
 names the option or the fix, with no traceback; files that were there before must be
 unchanged. Each case is its own process running ``itda_lens.cli`` as ``__main__`` from
-this checkout, offline; most are forks of one interpreter that has imported torch
-(``tests/cli_processes.py``), so that sixty cases cost seconds, not minutes. A few run as
-``python -m itda_lens.cli`` itself, and two of those repeat forked cases to show that
-both give the same.
+this checkout, offline: forks of one interpreter that has imported torch
+(``tests/cli_processes.py``), so that sixty cases cost seconds, not minutes. Ctrl-C, and
+one case repeated to show that both give the same, run as ``python -m itda_lens.cli``.
 """
 
 from __future__ import annotations
@@ -191,21 +190,30 @@ def _snapshot(root: Path) -> dict[str, str]:
     return {str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(root.rglob("*")) if path.is_file()}
 
 
+def _debug_cases(out: Path) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """``{case: (argv, environment)}`` that must show the traceback."""
+    return {
+        "--debug": (["eval", str(out / "nothing"), "--debug"], {}),
+        "ITDA_LENS_DEBUG=1": (["eval", str(out / "nothing")], {"ITDA_LENS_DEBUG": "1"}),
+    }
+
+
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
-    """Every case run once: ``{case: (argv, fragments, status, stderr, out)}``, and the
-    files of the workspace before and after."""
+    """Every case run once: ``{case: (argv, fragments, status, stderr, out)}`` (the
+    debug cases without fragments), and the files of the workspace before and after."""
     root = tmp_path_factory.mktemp("workspace")
     paths = _workspace(root)
     outs = tmp_path_factory.mktemp("outs")
     logs = tmp_path_factory.mktemp("logs")
-    cases = _cases(paths, outs)
+    cases = {name: (argv, fragments, {}) for name, (argv, fragments) in _cases(paths, outs).items()}
+    cases.update({name: (argv, None, env) for name, (argv, env) in _debug_cases(outs).items()})
     before = _snapshot(root)
     runs = []
-    for number, (argv, _) in enumerate(cases.values()):
+    for number, (argv, _, env) in enumerate(cases.values()):
         out = outs / f"case{number}"
         runs.append({
-            "argv": [arg.replace("{out}", str(out)) for arg in argv], "cwd": str(outs),
+            "argv": [arg.replace("{out}", str(out)) for arg in argv], "cwd": str(outs), "env": env,
             "stdout": str(logs / f"{number}.out"), "stderr": str(logs / f"{number}.err"),
         })
     (logs / "cases.json").write_text(json.dumps(runs))
@@ -213,7 +221,7 @@ def outcomes(tmp_path_factory):
     subprocess.run(command, env=_environment(), check=True, timeout=900)
     status = json.loads((logs / "status.json").read_text())
     results = {}
-    for number, (name, (_, fragments)) in enumerate(cases.items()):
+    for number, (name, (_, fragments, _)) in enumerate(cases.items()):
         stderr = Path(runs[number]["stderr"]).read_text()
         results[name] = (runs[number]["argv"], fragments, status[number], stderr, outs / f"case{number}")
     return results, before, _snapshot(root)
@@ -238,21 +246,22 @@ def test_bad_input_gets_one_clear_line(outcomes, case):
 def test_bad_input_changes_no_file(outcomes):
     results, before, after = outcomes
     assert after == before
-    tracebacks = [name for name, (_, _, _, stderr, _) in results.items() if "Traceback" in stderr]
-    print(f"\n{len(results)} bad inputs tried through the command, {len(tracebacks)} tracebacks, {len(before)} files unchanged")
+    tried = [results[name][3] for name in CASE_NAMES]
+    tracebacks = sum("Traceback" in stderr for stderr in tried)
+    print(f"\n{len(tried)} bad inputs tried through the command, {tracebacks} tracebacks, {len(before)} files unchanged")
     assert not tracebacks
 
 
-@pytest.mark.parametrize("case", ["train --k 0", "train --out holds a dictionary"])
-def test_python_m_gives_what_the_forks_give(outcomes, case):
-    argv, _, status, stderr, _ = outcomes[0][case]
+@pytest.mark.parametrize("case", list(_debug_cases(Path("/x"))))
+def test_debug_shows_the_traceback(outcomes, case):
+    _, _, status, stderr, _ = outcomes[0][case]
+    assert status == 1 and "Traceback" in stderr and "no dictionary folder" in stderr
+
+
+def test_python_m_gives_what_the_forks_give(outcomes):
+    argv, _, status, stderr, _ = outcomes[0]["train --out holds a dictionary"]
     result = run_cli(*argv)
     assert (result.returncode, result.stderr) == (status, stderr)
-
-
-def test_debug_shows_the_traceback(tmp_path):
-    result = run_cli("eval", str(tmp_path / "nothing"), "--debug")
-    assert result.returncode != 0 and "Traceback" in result.stderr and "no dictionary folder" in result.stderr
 
 
 def test_ctrl_c_says_where_the_checkpoint_is(tmp_path):

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from itda_lens import cli
 from itda_lens.activations import TransformerLensSource
 from itda_lens.build import build
 from itda_lens.cli import main
@@ -79,6 +80,20 @@ def test_command_errors_name_the_fix(tmp_path, capsys):
             main(argv)
         err = capsys.readouterr().err
         assert failed.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ") and message in err
+
+
+def test_an_unexpected_error_is_one_line_too(tmp_path, monkeypatch, capsys):
+    def broken(args):
+        raise RuntimeError("something nobody expected\nwith a second line")
+
+    monkeypatch.setattr(cli, "_eval", broken)
+    with pytest.raises(SystemExit) as failed:
+        main(["eval", str(tmp_path)])
+    assert failed.value.code == 2
+    assert capsys.readouterr().err == "error: RuntimeError: something nobody expected (rerun with --debug for the traceback)\n"
+    monkeypatch.setenv("ITDA_LENS_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="nobody expected"):
+        main(["eval", str(tmp_path)])
 
 
 SMALL_BUILD = ["--hook", "blocks.2.hook_resid_post", "--max-tokens", "600", "--seq-len", "32", "--batch-size", "2",
