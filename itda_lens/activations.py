@@ -38,6 +38,16 @@ def check_hook_names(hooks: list[str], available: list[str], what: str = "hook p
             raise ValueError(f"the model has no {what} {hook!r}.{hint}")
 
 
+def check_activations(hook: str, x: Tensor, tokens: Int[Tensor, "batch seq"], d_model: int) -> None:
+    """Raise a ``ValueError`` unless ``x`` is ``[batch, seq, d_model]`` for ``tokens``."""
+    want = (*tokens.shape, d_model)
+    if tuple(x.shape) != want:
+        raise ValueError(
+            f"the activations at {hook} have shape {list(x.shape)}, not [batch, pos, d_model] = {list(want)}; "
+            "give a hook on the residual stream or the output of a block, attention or MLP, such as blocks.0.hook_resid_post."
+        )
+
+
 def last_block(hooks: list[str]) -> int | None:
     """The highest ``blocks.N`` index among ``hooks``; ``None`` if one lies outside the blocks."""
     matches = [_BLOCK.match(hook) for hook in hooks]
@@ -64,6 +74,8 @@ class TransformerLensSource:
         _, cache = self.model.run_with_cache(
             tokens.to(device), names_filter=self.hooks, stop_at_layer=self.stop_at_layer, return_cache_object=False
         )
+        for hook in self.hooks:
+            check_activations(hook, cache[hook], tokens, self.d_model)
         return {hook: cache[hook] for hook in self.hooks}
 
 
@@ -145,6 +157,7 @@ class NnsightSource:
         for hook, path, envoy in zip(self.hooks, self.modules, envoys):
             entry = cache[envoy.path]
             activations[hook] = entry.input if path.endswith(".input") else hidden_states(entry.output)
+            check_activations(hook, activations[hook], tokens, self.d_model)
         return activations
 
 

@@ -10,13 +10,15 @@ encoding stops early once it is surely within the threshold (it cannot become an
 which changes the time a build takes, not the dictionary.
 
 A build writes a checkpoint every ``checkpoint_every`` batches and when interrupted or
-failing;
-started again with the same arguments it resumes from there and ends with exactly the
-dictionary an uninterrupted build gives.
+failing (of the batches finished by then); started again with the same arguments and
+text it resumes from there and ends with exactly the dictionary an uninterrupted build
+gives. A checkpoint is written beside the previous one and swapped in, so a complete one
+is never lost.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -198,6 +200,7 @@ def build(
     device: str | torch.device = "cpu",
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 50,
+    keep_checkpoint: bool = False,
     total_tokens: int | None = None,
     progress: bool = True,
     metadata: dict | None = None,
@@ -206,20 +209,38 @@ def build(
     early once every dictionary has ``max_atoms``.
 
     ``history[hook]`` holds ``[tokens, n_atoms, share of the batch's tokens reconstructed
-    worse than the threshold]`` after each batch.
-    With ``checkpoint_dir`` the build resumes from a checkpoint found there.
+    worse than the threshold]`` after each batch. ``metadata`` is recorded in each
+    dictionary's ``config.build``.
+
+    With ``checkpoint_dir`` the build resumes from a checkpoint found there, if it was
+    made with the same settings from the same batches (compared by a hash of the tokens
+    read so far). ``keep_checkpoint`` leaves a checkpoint of the finished build there, to
+    be removed with :func:`remove_checkpoint` once the dictionaries are saved; otherwise
+    it is removed when the build ends.
     """
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be at least 1, got {checkpoint_every}.")
     d_model = source.d_model
     builders = {hook: DictionaryBuilder(d_model, k, threshold, max_atoms, refit, step_tokens, device) for hook in source.hooks}
-    settings = {"hooks": source.hooks, "model": source.model_name, "k": k, "threshold": threshold, "max_atoms": max_atoms, "refit": refit, "step_tokens": step_tokens, **(metadata or {})}
-    state = {"batches": 0, "tokens": 0, "seconds_forward": 0.0, "seconds_dictionary": 0.0, "history": {h: [] for h in source.hooks}}
+    settings = {"hooks": source.hooks, "model": source.model_name, "k": k, "threshold": threshold, "max_atoms": max_atoms, "refit": refit, "step_tokens": step_tokens}
+    corpus = hashlib.sha256()
+    state = {
+        "batches": 0, "tokens": 0, "seconds_forward": 0.0, "seconds_dictionary": 0.0,
+        "history": {h: [] for h in source.hooks}, "corpus_sha256": corpus.hexdigest(),
+    }
     checkpoint = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if checkpoint is not None and (checkpoint / STATE_FILE).exists():
-        state = _resume(checkpoint, settings, builders)
+    found = find_checkpoint(checkpoint) if checkpoint is not None else None
+    if found is not None:
+        state = _resume(found, settings, builders)
+    resumed = saved = state["batches"]
     bar = tqdm(total=total_tokens, initial=state["tokens"], unit="tok", desc="building", disable=not progress)
     try:
+        number = -1
         for number, batch in enumerate(batches):
-            if number < state["batches"]:
+            if number == resumed:
+                _check_corpus(corpus, state, found)
+            _digest(corpus, batch)
+            if number < resumed:
                 continue
             if all(b.full for b in builders.values()):
                 break
@@ -234,16 +255,20 @@ def build(
                     builder.provenance.append(batch.provenance(positions[added]))
                 state["history"][hook].append([state["tokens"] + len(positions), builder.n_atoms, worse])
             end = time.perf_counter()
-            state["seconds_forward"] += middle - start
-            state["seconds_dictionary"] += end - middle
-            state["batches"] = number + 1
-            state["tokens"] += len(positions)
+            # The batch is done, in one update; a checkpoint leaves out what an unfinished batch added.
+            state.update(
+                batches=number + 1, tokens=state["tokens"] + len(positions), corpus_sha256=corpus.hexdigest(),
+                seconds_forward=state["seconds_forward"] + middle - start, seconds_dictionary=state["seconds_dictionary"] + end - middle,
+            )
             bar.update(len(positions))
             bar.set_postfix(atoms=",".join(str(b.n_atoms) for b in builders.values()))
             if checkpoint is not None and state["batches"] % checkpoint_every == 0:
                 _save_checkpoint(checkpoint, settings, builders, state)
+                saved = state["batches"]
+        if number < resumed:
+            _check_corpus(corpus, state, found)
     except BaseException:  # Ctrl-C, a failed remote job, ...: keep what is finished
-        if checkpoint is not None:
+        if checkpoint is not None and state["batches"] > saved:
             _save_checkpoint(checkpoint, settings, builders, state)
         raise
     finally:
@@ -252,37 +277,89 @@ def build(
         raise ValueError("the corpus gave no tokens to build from: pass more text.")
     info = {key: state[key] for key in ("tokens", "seconds_forward", "seconds_dictionary")}
     dictionaries = {
-        hook: builder.to_itda(model=source.model_name, hook=hook, build={**settings, **info, "history": state["history"][hook]})
+        hook: builder.to_itda(model=source.model_name, hook=hook, build={**settings, **(metadata or {}), **info, "history": state["history"][hook]})
         for hook, builder in builders.items()
     }
-    if checkpoint is not None and checkpoint.exists():
-        shutil.rmtree(checkpoint)
+    if checkpoint is not None and keep_checkpoint and state["batches"] > saved:
+        _save_checkpoint(checkpoint, settings, builders, state)
+    elif checkpoint is not None and not keep_checkpoint:
+        remove_checkpoint(checkpoint)
     return BuildResult(dictionaries, state["tokens"], state["seconds_forward"], state["seconds_dictionary"], state["history"])
 
 
+def checkpoint_folders(directory: str | Path) -> list[Path]:
+    """The folders a checkpoint at ``directory`` occupies: itself, the next one while it
+    is written (``.partial``) and the previous one while it is replaced (``.old``)."""
+    directory = Path(directory)
+    return [directory, directory.with_name(directory.name + ".partial"), directory.with_name(directory.name + ".old")]
+
+
+def find_checkpoint(directory: str | Path) -> Path | None:
+    """The complete checkpoint at ``directory``, or the previous one if the build stopped
+    while replacing it; ``None`` if there is none."""
+    current, _, previous = checkpoint_folders(directory)
+    return next((folder for folder in (current, previous) if (folder / STATE_FILE).is_file()), None)
+
+
+def remove_checkpoint(directory: str | Path) -> None:
+    """Delete the checkpoint at ``directory`` (see :func:`checkpoint_folders`)."""
+    for folder in checkpoint_folders(directory):
+        if folder.exists():
+            shutil.rmtree(folder)
+
+
+def _digest(corpus, batch: TokenBatch) -> None:
+    """Add a batch's tokens, and where they come from, to the hash of the corpus read."""
+    corpus.update(str(tuple(batch.tokens.shape)).encode())
+    for column in (batch.tokens, batch.mask, batch.doc, batch.char_start, batch.char_end):
+        corpus.update(column.numpy().tobytes())
+
+
+def _check_corpus(corpus, state: dict, checkpoint: Path | None) -> None:
+    if corpus.hexdigest() != state["corpus_sha256"]:
+        raise ValueError(
+            f"the text differs from the text the checkpoint in {checkpoint} was built from (its first "
+            f"{state['batches']} batches); give the same text and text options to resume, or delete {checkpoint} to start afresh."
+        )
+
+
 def _save_checkpoint(directory: Path, settings: dict, builders: dict[str, DictionaryBuilder], state: dict) -> None:
-    partial = directory.with_name(directory.name + ".partial")
+    """Write the checkpoint of the finished batches in ``state`` (atoms a batch in progress
+    added are left out) beside the current one, then swap them so that one of them is
+    always complete."""
+    current, partial, previous = checkpoint_folders(directory)
     if partial.exists():
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
     groups = {}
     for number, (hook, builder) in enumerate(builders.items()):
-        if builder.n_atoms:
+        rows = state["history"][hook][: state["batches"]]
+        n_atoms = rows[-1][1] if rows else 0
+        if n_atoms:
             cfg = ITDAConfig(d_model=builder.d_model, k=builder.k, threshold=builder.threshold, hook=hook)
-            ITDA(builder.atoms.cpu(), cfg, Provenance.cat(builder.provenance)).save(partial / f"hook{number}")
-        groups[hook] = builder.groups
-    (partial / STATE_FILE).write_text(json.dumps({"settings": settings, "state": state, "groups": groups}))
-    if directory.exists():
-        shutil.rmtree(directory)
-    partial.replace(directory)
+            provenance = Provenance.cat(builder.provenance).select(torch.arange(n_atoms))
+            ITDA(builder.atoms[:n_atoms].cpu(), cfg, provenance).save(partial / f"hook{number}")
+        groups[hook] = [size for size in builder.groups if size <= n_atoms]
+    history = {hook: rows[: state["batches"]] for hook, rows in state["history"].items()}
+    (partial / STATE_FILE).write_text(json.dumps({"settings": settings, "state": {**state, "history": history}, "groups": groups}))
+    if current.exists():
+        if previous.exists():
+            shutil.rmtree(previous)
+        current.replace(previous)
+    partial.replace(current)
+    if previous.exists():
+        shutil.rmtree(previous)
 
 
 def _resume(directory: Path, settings: dict, builders: dict[str, DictionaryBuilder]) -> dict:
     saved = json.loads((directory / STATE_FILE).read_text())
-    if saved["settings"] != json.loads(json.dumps(settings)):
+    differ = {key: value for key, value in json.loads(json.dumps(settings)).items() if saved["settings"].get(key) != value}
+    if differ:
+        was = ", ".join(f"{key}={saved['settings'].get(key)!r}" for key in differ)
+        now = ", ".join(f"{key}={value!r}" for key, value in differ.items())
         raise ValueError(
-            f"the checkpoint in {directory} was made with other settings ({saved['settings']}); "
-            "run with the same settings to resume, or delete it to start afresh."
+            f"the checkpoint in {directory} was made with {was}, not {now}; "
+            f"run with the same settings to resume, or delete {directory} to start afresh."
         )
     for number, (hook, builder) in enumerate(builders.items()):
         if saved["groups"][hook]:

@@ -1,52 +1,66 @@
 """The ``itda-lens`` command: ``train``, ``eval``, ``browse`` and ``compare``.
 
-With ``--json`` the last line printed is one JSON object with the results.
+With ``--json`` the last line printed is one JSON object with the results. An error ends
+a command with status 2 and one line on stderr that says what to change (``--debug``, or
+the environment variable ``ITDA_LENS_DEBUG=1``, shows its traceback); Ctrl-C ends it
+with status 130.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 
-from itda_lens.build import DEFAULT_THRESHOLD
+from itda_lens.options import (
+    add_dictionary_args,
+    add_run_args,
+    add_text_args,
+    check_args,
+    check_out_folder,
+    check_seq_len,
+    corpus_name,
+    load_model,
+    model_name,
+    one_line,
+    positive_int,
+    text_documents,
+    token_batches,
+)
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+#: In a ``train --out`` folder: the checkpoint, the dictionaries being saved, the plot.
+CHECKPOINT_DIR = ".checkpoint"
+SAVING_DIR = ".saving"
+GROWTH_FILE = "growth.png"
 
 
-def _add_text_args(parser: argparse.ArgumentParser, split: str) -> None:
-    group = parser.add_argument_group("text (default: the built-in corpus, see itda_lens.text)")
-    group.add_argument("--text-file", type=Path, help="a .txt or .jsonl file")
-    group.add_argument("--dataset", help="a Hugging Face dataset name, streamed")
-    group.add_argument("--dataset-config", default=None)
-    group.add_argument("--dataset-split", default="train")
-    group.add_argument("--text-column", default="text")
-    group.add_argument("--split", default=split, choices=["train", "heldout", "all"], help=f"which documents (default: {split})")
-    group.add_argument("--max-tokens", type=int, default=None)
-    group.add_argument("--seq-len", type=int, default=128)
-    group.add_argument("--batch-size", type=int, default=16)
-    group.add_argument("--include-bos", action="store_true", help="also encode (and score) the BOS positions")
+class CommandError(Exception):
+    """An error reported in one line that ends the command with ``status``."""
+
+    def __init__(self, message: str, status: int = EXIT_ERROR):
+        super().__init__(message)
+        self.status = status
 
 
-def _add_run_args(parser: argparse.ArgumentParser) -> None:
-    """Options every command that runs a model shares."""
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    parser.add_argument("--no-progress", action="store_true")
+class _Parser(argparse.ArgumentParser):
+    """Reports a bad command line in one line (``--help`` shows the usage)."""
 
-
-def _batches(args, tokenizer):
-    from itda_lens.text import documents_from, select_split, token_batches
-
-    dataset_args = {"config": args.dataset_config, "split": args.dataset_split, "column": args.text_column} if args.dataset else {}
-    documents = documents_from(args.text_file, args.dataset, **dataset_args)
-    return token_batches(select_split(documents, args.split), tokenizer, args.seq_len, args.batch_size, args.max_tokens, args.include_bos)
+    def error(self, message: str, command: str | None = None):
+        prog = f"{self.prog} {command}" if command else self.prog
+        self.exit(EXIT_ERROR, f"{prog}: error: {message} (see {prog} --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
+    from itda_lens.browse.cli import add_browse_parser
+    from itda_lens.compare.cli import add_compare_parser
     from itda_lens.models import DEFAULT_MODEL
 
-    parser = argparse.ArgumentParser(prog="itda-lens", description=__doc__)
+    parser = _Parser(prog="itda-lens", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="build a dictionary")
@@ -54,43 +68,36 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--hook", action="append", required=True, help="a TransformerLens hook name, or with --backend nnsight a module path such as model.layers.15; repeat for several")
     train.add_argument("--backend", choices=["transformer_lens", "nnsight"], default="transformer_lens")
     train.add_argument("--remote", choices=["no", "local", "ndif"], default="no", help="with --backend nnsight: run traces on NDIF (needs a Hub id and NDIF_API_KEY), or simulate it locally")
-    train.add_argument("--k", type=int, default=40)
-    train.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="relative error above which an activation becomes an atom")
-    train.add_argument("--max-atoms", type=int, default=None)
-    train.add_argument("--step-tokens", type=int, default=256)
+    add_dictionary_args(train)
+    train.add_argument("--step-tokens", type=positive_int, default=256, help="tokens offered to the dictionary at a time")
     train.add_argument("--out", type=Path, required=True, help="output folder (one sub-folder per hook if several)")
-    train.add_argument("--overwrite", action="store_true", help="replace a finished dictionary in --out")
-    train.add_argument("--checkpoint-every", type=int, default=50, help="batches between checkpoints")
-    _add_text_args(train, "train")
+    train.add_argument("--overwrite", action="store_true", help="replace the dictionaries in --out (other files there are kept)")
+    train.add_argument("--checkpoint-every", type=positive_int, default=50, help="batches between checkpoints")
+    add_text_args(train, "train")
+    add_run_args(train)
 
     evaluate = commands.add_parser("eval", help="evaluate a dictionary on held-out text")
     evaluate.add_argument("dictionary", type=Path)
     evaluate.add_argument("--model", default=None, help="default: the model the dictionary was built for")
     evaluate.add_argument("--hook", default=None, help="default: the hook the dictionary was built at")
-    _add_text_args(evaluate, "heldout")
-
-    from itda_lens.browse.cli import add_browse_parser
-    from itda_lens.compare.cli import add_compare_parser
+    add_text_args(evaluate, "heldout")
+    add_run_args(evaluate)
 
     add_browse_parser(commands)
     add_compare_parser(commands)
-
-    for command in (train, evaluate):
-        _add_run_args(command)
     return parser
 
 
 def _train(args) -> dict:
     from itda_lens.activations import TransformerLensSource
-    from itda_lens.build import build
-    from itda_lens.models import load_model
-    from itda_lens.plots import growth_plot
+    from itda_lens.build import build, find_checkpoint, remove_checkpoint
 
     out: Path = args.out
-    if not out.parent.exists():
-        raise SystemExit(f"error: the parent folder of --out ({out.parent}) does not exist; create it first.")
-    if (out / "config.json").exists() and not args.overwrite:
-        raise SystemExit(f"error: {out} already holds a dictionary; pass --overwrite to replace it.")
+    single = len(args.hook) == 1
+    check_out_folder(out)
+    _check_targets(out, args.hook, args.overwrite)
+    documents = text_documents(args)
+    name = model_name(args.model)
     if args.backend == "nnsight":
         from itda_lens.activations import NnsightSource
 
@@ -98,33 +105,46 @@ def _train(args) -> dict:
             from nnsight import LanguageModel
 
             model = LanguageModel(args.model)  # a Hub id; the weights stay on NDIF
+            check_seq_len(args.seq_len, model, "nnsight")
         else:
-            model = load_model(args.model, "nnsight", dtype=args.dtype, device=args.device)
+            model = load_model(args, name, "nnsight")
         remote = {"no": False, "local": "local", "ndif": True}[args.remote]
-        source = NnsightSource(model, args.hook, model_name=args.model, remote=remote)
+        source = NnsightSource(model, args.hook, model_name=name, remote=remote)
     else:
-        model = load_model(args.model, "transformer_lens", dtype=args.dtype, device=args.device)
-        source = TransformerLensSource(model, args.hook, model_name=args.model)
+        model = load_model(args, name, "transformer_lens")
+        source = TransformerLensSource(model, args.hook, model_name=name)
     out.mkdir(exist_ok=True)
-    corpus = {"text_file": str(args.text_file) if args.text_file else None, "dataset": args.dataset, "split": args.split, "seq_len": args.seq_len, "batch_size": args.batch_size, "max_tokens": args.max_tokens, "include_bos": args.include_bos}
-    result = build(
-        source,
-        _batches(args, model.tokenizer),
-        k=args.k,
-        threshold=args.threshold,
-        max_atoms=args.max_atoms,
-        step_tokens=args.step_tokens,
-        device=args.device,
-        checkpoint_dir=out / ".checkpoint",
-        checkpoint_every=1 if args.remote == "ndif" else args.checkpoint_every,
-        total_tokens=args.max_tokens,
-        progress=not args.no_progress,
-        metadata={"corpus": corpus},
-    )
-    single = len(args.hook) == 1
-    for hook, itda in result.dictionaries.items():
-        itda.save(out if single else out / hook)
-    growth_plot(result.history, out / "growth.png")
+    checkpoint = out / CHECKPOINT_DIR
+    text_file = str(args.text_file.resolve()) if args.text_file else None
+    corpus = {"text_file": text_file, "dataset": args.dataset, "split": args.split, "seq_len": args.seq_len, "batch_size": args.batch_size, "max_tokens": args.max_tokens, "include_bos": args.include_bos}
+    try:
+        result = build(
+            source,
+            token_batches(args, documents, model.tokenizer),
+            k=args.k,
+            threshold=args.threshold,
+            max_atoms=args.max_atoms,
+            step_tokens=args.step_tokens,
+            device=args.device,
+            checkpoint_dir=checkpoint,
+            checkpoint_every=1 if args.remote == "ndif" else args.checkpoint_every,
+            keep_checkpoint=True,
+            total_tokens=args.max_tokens,
+            progress=not args.no_progress,
+            metadata={"corpus": corpus},
+        )
+        try:
+            _save(result, out, single)
+        except OSError as err:
+            raise CommandError(
+                f"could not save the dictionaries in {out} ({one_line(err)}); the finished build is kept in "
+                f"{checkpoint}: make room or fix the permissions, then rerun the same command to save it."
+            ) from err
+    except KeyboardInterrupt as err:
+        found = find_checkpoint(checkpoint)
+        where = f"its checkpoint is at {found}" if found else "no batch had finished, so it has no checkpoint"
+        raise CommandError(f"the build was interrupted; {where}: rerun the same command to resume.", EXIT_INTERRUPTED) from err
+    remove_checkpoint(checkpoint)
     sizes = {hook: itda.n_atoms for hook, itda in result.dictionaries.items()}
     for hook, size in sizes.items():
         print(f"{hook}: {size} atoms from {result.tokens} tokens")
@@ -138,28 +158,109 @@ def _train(args) -> dict:
     }
 
 
+def _check_targets(out: Path, hooks: list[str], overwrite: bool) -> None:
+    """Refuse, unless ``overwrite``, to replace a dictionary or to write among files that
+    ``train`` did not write; a file where a dictionary folder goes is always refused."""
+    from itda_lens.build import checkpoint_folders
+    from itda_lens.itda import ATOMS_FILE, CONFIG_FILE, TEXTS_FILE
+
+    if not out.exists():
+        return
+    single = len(hooks) == 1
+    dictionary_files = {CONFIG_FILE, ATOMS_FILE, TEXTS_FILE}
+    targets = [out] if single else [out / hook for hook in hooks]
+    for target in targets:
+        if target.exists() and not target.is_dir():
+            raise CommandError(f"{target} is a file where a dictionary folder goes; move it away or give another --out.")
+    finished = [target for target in targets if (target / CONFIG_FILE).exists()]
+    if finished and not overwrite:
+        raise CommandError(f"{finished[0]} already holds a dictionary; pass --overwrite to replace it (other files are kept), or give another --out.")
+    ours = {GROWTH_FILE, SAVING_DIR, *(folder.name for folder in checkpoint_folders(out / CHECKPOINT_DIR))}
+    others = [path for path in out.iterdir() if path.name not in (ours | (dictionary_files if single else set(hooks)))]
+    if not single:
+        others += [path for target in targets if target.is_dir() for path in target.iterdir() if path.name not in dictionary_files]
+    if others and not overwrite:
+        names = ", ".join(sorted(str(path.relative_to(out)) for path in others)[:3]) + (", ..." if len(others) > 3 else "")
+        raise CommandError(f"--out {out} holds files that train did not write ({names}); give a new or empty folder, or pass --overwrite to write beside them (they are kept).")
+
+
+def _save(result, out: Path, single: bool) -> None:
+    """Write the dictionaries and the growth plot to a folder in ``out``, then move them
+    into place: a dictionary folder holds a ``config.json`` only once it is complete."""
+    from itda_lens.plots import growth_plot
+
+    saving = out / SAVING_DIR
+    if saving.exists():
+        shutil.rmtree(saving)
+    saving.mkdir()
+    for number, itda in enumerate(result.dictionaries.values()):
+        itda.save(saving / f"hook{number}")
+    growth_plot(result.history, saving / GROWTH_FILE)
+    (saving / GROWTH_FILE).replace(out / GROWTH_FILE)
+    for number, hook in enumerate(result.dictionaries):
+        _move_dictionary(saving / f"hook{number}", out if single else out / hook)
+    saving.rmdir()
+
+
+def _move_dictionary(saved: Path, target: Path) -> None:
+    from itda_lens.itda import CONFIG_FILE
+
+    if not target.exists():
+        saved.replace(target)
+        return
+    (target / CONFIG_FILE).unlink(missing_ok=True)
+    for path in sorted(saved.iterdir(), key=lambda path: path.name == CONFIG_FILE):
+        path.replace(target / path.name)
+    saved.rmdir()
+
+
 def _eval(args) -> dict:
     from itda_lens.evaluate import evaluate
     from itda_lens.itda import ITDA
-    from itda_lens.models import DEFAULT_MODEL, load_model
+    from itda_lens.models import DEFAULT_MODEL
 
     itda = ITDA.load(args.dictionary, device=args.device)
-    model = load_model(args.model or itda.config.model or DEFAULT_MODEL, "transformer_lens", dtype=args.dtype, device=args.device)
-    result = evaluate(model, itda, _batches(args, model.tokenizer), hook=args.hook, total_tokens=args.max_tokens, progress=not args.no_progress)
+    documents = text_documents(args)
+    model = load_model(args, args.model or itda.config.model or DEFAULT_MODEL, "transformer_lens")
+    batches = token_batches(args, documents, model.tokenizer)
+    result = evaluate(model, itda, batches, hook=args.hook, total_tokens=args.max_tokens, progress=not args.no_progress)
+    result.update(split=args.split, corpus=corpus_name(args))
+    print(f"evaluated on {result['tokens']} tokens of {result['documents']} documents, the {args.split} split of {result['corpus']}")
     for name, value in result.items():
-        print(f"{name:>16}: {value:.4f}" if isinstance(value, float) else f"{name:>16}: {value}")
+        if name not in ("split", "corpus"):
+            print(f"{name:>16}: {value:.4f}" if isinstance(value, float) else f"{name:>16}: {value}")
     return result
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
-    try:
-        from itda_lens.browse.cli import run_browse
-        from itda_lens.compare.cli import run_compare
+def _report(err: BaseException) -> tuple[str, int]:
+    """The one line and exit status for an error that ended a command."""
+    if isinstance(err, CommandError):
+        return str(err), err.status
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted.", EXIT_INTERRUPTED
+    if isinstance(err, (ValueError, OSError, ImportError)):
+        return one_line(err), EXIT_ERROR
+    return f"{type(err).__name__}: {one_line(err)} (rerun with --debug for the traceback)", EXIT_ERROR
 
-        result = {"train": _train, "eval": _eval, "browse": run_browse, "compare": run_compare}[args.command](args)
-    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
-        raise SystemExit(f"error: {err}") from err
+
+def main(argv: list[str] | None = None) -> None:
+    from itda_lens.browse.cli import run_browse
+    from itda_lens.compare.cli import run_compare
+
+    parser = _parser()
+    args = parser.parse_args(argv)
+    problem = check_args(args)
+    if problem:
+        parser.error(problem, args.command)
+    command = {"train": _train, "eval": _eval, "browse": run_browse, "compare": run_compare}[args.command]
+    try:
+        result = command(args)
+    except (Exception, KeyboardInterrupt) as err:
+        if args.debug or os.environ.get("ITDA_LENS_DEBUG") == "1":
+            raise
+        message, status = _report(err)
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(status) from None
     if args.json:
         print(json.dumps(result))
     sys.stdout.flush()

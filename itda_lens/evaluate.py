@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import torch
 from tqdm.auto import tqdm
 
+from itda_lens.activations import check_activations
 from itda_lens.itda import ITDA
 from itda_lens.metrics import LossMetrics, ReconstructionMetrics, next_token_losses
 from itda_lens.text import TokenBatch
@@ -18,7 +19,8 @@ def evaluate(
     model, itda: ITDA, batches: Iterable[TokenBatch], hook: str | None = None, total_tokens: int | None = None, progress: bool = True
 ) -> dict[str, float]:
     """FVU, MSE, cosine, L0 and clean / spliced / zero-ablated losses of ``itda`` at
-    ``hook`` (default: the hook it was built at) of a TransformerLens ``model``.
+    ``hook`` (default: the hook it was built at) of a TransformerLens ``model``, with the
+    number of ``tokens`` scored and of ``documents`` they came from.
 
     The spliced run replaces the activation with its reconstruction at every scored
     position (BOS and padding keep theirs); the zero-ablated run puts zeros there.
@@ -29,11 +31,13 @@ def evaluate(
     check_compatible(model, itda, hook)
     device = next(model.parameters()).device
     recon, losses = ReconstructionMetrics(), LossMetrics()
+    documents: set[int] = set()
     bar = tqdm(total=total_tokens, unit="tok", desc="evaluating", disable=not progress)
     for batch in batches:
         tokens, mask = batch.tokens.to(device), batch.mask.to(device)
         logits, cache = model.run_with_cache(tokens, names_filter=[hook], return_cache_object=False)
         x = cache[hook]
+        check_activations(hook, x, tokens, itda.d_model)
         codes = itda.encode(x[mask])
         x_hat = itda.decode(codes).to(x.dtype)
         recon.update(x[mask], x_hat, codes.values)
@@ -42,6 +46,7 @@ def evaluate(
         spliced = model.run_with_hooks(tokens, fwd_hooks=[(hook, replace_hook(filled, mask))])
         zero = model.run_with_hooks(tokens, fwd_hooks=[(hook, replace_hook(torch.zeros_like(x), mask))])
         losses.update(*(next_token_losses(out, tokens, mask) for out in (logits, spliced, zero)))
+        documents.update(batch.documents)
         bar.update(batch.n_tokens)
     bar.close()
-    return {"n_atoms": itda.n_atoms, "k": itda.k, "tokens": recon.tokens, **recon.result(), **losses.result()}
+    return {"n_atoms": itda.n_atoms, "k": itda.k, "tokens": recon.tokens, "documents": len(documents), **recon.result(), **losses.result()}

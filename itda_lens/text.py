@@ -9,10 +9,17 @@ Each document is tokenised on its own with character offsets and cut into sequen
 ``seq_len`` tokens: a BOS token followed by ``seq_len - 1`` tokens of the document. The
 last sequence of a document is padded. BOS and padding positions are marked in
 ``TokenBatch.mask`` so that they are never atoms, training signals or metric terms.
+
+Everything is read lazily and stops once ``max_tokens`` are gathered: files are read
+line by line, and a document is tokenised in pieces of about :data:`WINDOW_CHARS`
+characters, cut where a run of whitespace starts, so a huge document costs only what is
+used of it. For byte-level BPE tokenizers (GPT-2 style, as SmolLM2's) such a cut is a
+token boundary anyway, so the tokens are those of the whole document.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -31,38 +38,59 @@ Split = Literal["train", "heldout", "all"]
 #: Share of documents (chosen by content hash) kept aside for evaluation.
 HELDOUT_FRACTION = 0.1
 
+#: Characters of a document tokenised at a time.
+WINDOW_CHARS = 4096
+
 _WIKITEXT_TITLE = re.compile(r"^ = [^=].* = $")
 
 
 def file_documents(path: str | Path) -> Iterator[str]:
-    """Documents of a local file.
+    """Documents of a local file, read lazily.
 
     ``.jsonl``: one JSON object per line with a ``"text"`` field. Other files are plain
-    text, cut at WikiText article titles (`` = Title = ``) when there are any, else at
-    blank lines.
+    text, cut at WikiText article titles (`` = Title = ``) when the first line with text
+    is one, else at blank lines.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"no text file at {path}.")
+    if not path.is_file():
+        raise ValueError(f"{path} is not a regular file; give a .txt or .jsonl file.")
     return _file_documents(path)
 
 
 def _file_documents(path: Path) -> Iterator[str]:
-    if path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        text = json.loads(line)["text"]
-                    except (json.JSONDecodeError, KeyError, TypeError) as err:
-                        raise ValueError(f"{path}:{number} is not a JSON object with a 'text' field.") from err
-                    if text.strip():
-                        yield text
-        return
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    titled = any(_WIKITEXT_TITLE.match(line.rstrip("\n")) for line in lines)
-    document: list[str] = []
+    with path.open(encoding="utf-8") as f:
+        try:
+            yield from _jsonl_documents(path, f) if path.suffix == ".jsonl" else _text_documents(f)
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path} is not UTF-8 text ({err.reason}); convert it to UTF-8.") from err
+
+
+def _jsonl_documents(path: Path, lines: Iterable[str]) -> Iterator[str]:
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+            text = row.get("text") if isinstance(row, dict) else None
+            if not isinstance(text, str):
+                raise ValueError(f"{path}:{number} is not a JSON object with a 'text' field (a string).")
+            if text.strip():
+                yield text
+
+
+def _text_documents(lines: Iterable[str]) -> Iterator[str]:
+    lines = iter(lines)
+    head: list[str] = []  # blank lines, then the first line with text, which decides the cut
     for line in lines:
+        head.append(line)
+        if line.strip():
+            break
+    titled = bool(head) and _WIKITEXT_TITLE.match(head[-1].rstrip("\n")) is not None
+    document: list[str] = []
+    for line in itertools.chain(head, lines):
         starts_new = _WIKITEXT_TITLE.match(line.rstrip("\n")) if titled else not line.strip()
         if starts_new and "".join(document).strip():
             yield "".join(document)
@@ -148,36 +176,71 @@ def token_batches(
     ``include_bos`` the BOS positions are in the mask too (their provenance is unknown)."""
     if seq_len < 2:
         raise ValueError(f"seq_len must be at least 2 (BOS and one token), got {seq_len}.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}.")
     bos = tokenizer.bos_token_id
     if bos is None:
         raise ValueError("the tokenizer has no BOS token; itda-lens starts every sequence with one.")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else bos
     rows: list[list[tuple[int, int, int, int, int]]] = []
     texts: dict[int, str] = {}
-    remaining = max_tokens if max_tokens is not None else float("inf")
     produced = 0
-    for text in documents:
-        doc = document_id(text)
-        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        entries = [(tok, doc, i, s, e) for i, (tok, (s, e)) in enumerate(zip(encoded["input_ids"], encoded["offset_mapping"]))]
-        for start in range(0, len(entries), seq_len - 1):
-            if remaining <= 0:
-                break
-            chunk = entries[start : start + seq_len - 1][: int(min(seq_len - 1, remaining))]
-            rows.append(chunk)
-            texts[doc] = text
-            remaining -= len(chunk)
-            if len(rows) == batch_size:
-                yield _collate(rows, texts, seq_len, bos, pad, include_bos)
-                produced += 1
-                rows, texts = [], {}
-        if remaining <= 0:
-            break
+    for row, text in _rows(documents, tokenizer, seq_len - 1, max_tokens):
+        rows.append(row)
+        texts[row[0][1]] = text
+        if len(rows) == batch_size:
+            yield _collate(rows, texts, seq_len, bos, pad, include_bos)
+            produced += 1
+            rows, texts = [], {}
     if rows:
         yield _collate(rows, texts, seq_len, bos, pad, include_bos)
         produced += 1
     if produced == 0:
         raise ValueError("the corpus has no text: pass a non-empty file or dataset.")
+
+
+def _rows(documents: Iterable[str], tokenizer, width: int, max_tokens: int | None) -> Iterator[tuple[list, str]]:
+    """Rows of at most ``width`` token entries of one document (with its text), until
+    ``max_tokens`` entries; a document is read only as far as needed."""
+    remaining = max_tokens if max_tokens is not None else float("inf")
+    for text in documents:
+        row = []
+        for entry in _document_tokens(text, document_id(text), tokenizer):
+            row.append(entry)
+            remaining -= 1
+            if len(row) == width or remaining <= 0:
+                yield row, text
+                row = []
+            if remaining <= 0:
+                return
+        if row:
+            yield row, text
+
+
+def _document_tokens(text: str, doc: int, tokenizer) -> Iterator[tuple[int, int, int, int, int]]:
+    """``(token id, doc, token index, char start, char end)`` of a document, tokenised
+    one window of about :data:`WINDOW_CHARS` characters at a time, as they are needed."""
+    index = 0
+    for offset, piece in _windows(text):
+        encoded = tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True)
+        for token, (start, end) in zip(encoded["input_ids"], encoded["offset_mapping"]):
+            yield token, doc, index, offset + start, offset + end
+            index += 1
+
+
+def _windows(text: str) -> Iterator[tuple[int, str]]:
+    """``(offset, piece)`` cutting ``text`` into pieces of at most :data:`WINDOW_CHARS`
+    characters, each cut where a run of whitespace starts in the second half of the
+    window (at the window's end if there is none)."""
+    start = 0
+    while start < len(text):
+        end = start + WINDOW_CHARS
+        if end < len(text):
+            end = next((i for i in range(end, start + WINDOW_CHARS // 2, -1) if text[i].isspace() and not text[i - 1].isspace()), end)
+        yield start, text[start:end]
+        start = end
 
 
 def _collate(rows, texts, seq_len, bos, pad, include_bos) -> TokenBatch:

@@ -1,9 +1,11 @@
+import json
+
 import pytest
 import torch
 
 from itda_lens import pursuit
 from itda_lens.activations import TransformerLensSource
-from itda_lens.build import DictionaryBuilder, build
+from itda_lens.build import DictionaryBuilder, build, checkpoint_folders, find_checkpoint
 from itda_lens.provenance import document_id
 from itda_lens.text import file_documents, select_split, token_batches
 
@@ -100,30 +102,124 @@ def test_atoms_are_the_activations_they_claim(built, bridge, tokenizer, wikitext
     torch.testing.assert_close(itda.atoms[0], first / first.norm(), atol=1e-5, rtol=1e-5)
 
 
-def test_interrupted_build_resumes_to_the_same_result(bridge, tokenizer, wikitext, tmp_path):
-    source = TransformerLensSource(bridge, [HOOK])
-    settings = dict(k=8, threshold=0.2, progress=False, step_tokens=64)
-    whole = build(source, _batches(tokenizer, wikitext, 1200), **settings).dictionaries[HOOK]
+SETTINGS = dict(k=8, threshold=0.2, progress=False, step_tokens=64)
+TWO_HOOKS = [HOOK, "blocks.5.hook_resid_post"]
 
-    def interrupted(batches, after):
-        for number, batch in enumerate(batches):
-            if number == after:
-                raise KeyboardInterrupt
-            yield batch
 
+@pytest.fixture(scope="module")
+def whole(bridge, tokenizer, wikitext):
+    """Two hooks built from 1,200 tokens without interruption."""
+    return build(TransformerLensSource(bridge, TWO_HOOKS), _batches(tokenizer, wikitext, 1200), **SETTINGS).dictionaries
+
+
+def _interrupted(batches, after):
+    for number, batch in enumerate(batches):
+        if number == after:
+            raise KeyboardInterrupt
+        yield batch
+
+
+def _assert_same(dictionaries, whole):
+    for hook, itda in dictionaries.items():
+        assert torch.equal(itda.atoms, whole[hook].atoms)
+        assert torch.equal(itda.provenance.doc, whole[hook].provenance.doc)
+        assert itda.config.build["history"] == whole[hook].config.build["history"]
+
+
+def test_interrupted_build_resumes_to_the_same_result(bridge, tokenizer, wikitext, tmp_path, whole):
+    source = TransformerLensSource(bridge, TWO_HOOKS)
     checkpoint = tmp_path / "ckpt"
     with pytest.raises(KeyboardInterrupt):
-        build(source, interrupted(_batches(tokenizer, wikitext, 1200), 3), checkpoint_dir=checkpoint, checkpoint_every=2, **settings)
-    assert (checkpoint / "state.json").exists()
-    resumed = build(source, _batches(tokenizer, wikitext, 1200), checkpoint_dir=checkpoint, **settings).dictionaries[HOOK]
-    assert torch.equal(resumed.atoms, whole.atoms)
-    assert torch.equal(resumed.provenance.doc, whole.provenance.doc)
-    assert resumed.config.build["tokens"] == whole.config.build["tokens"] == 1200
-    assert not checkpoint.exists()
+        build(source, _interrupted(_batches(tokenizer, wikitext, 1200), 3), checkpoint_dir=checkpoint, checkpoint_every=2, **SETTINGS)
+    assert json.loads((checkpoint / "state.json").read_text())["state"]["batches"] == 3
+    resumed = build(source, _batches(tokenizer, wikitext, 1200), checkpoint_dir=checkpoint, **SETTINGS)
+    _assert_same(resumed.dictionaries, whole)
+    assert resumed.dictionaries[HOOK].config.build["tokens"] == 1200
+    assert not any(folder.exists() for folder in checkpoint_folders(checkpoint))
     with pytest.raises(KeyboardInterrupt):
-        build(source, interrupted(_batches(tokenizer, wikitext, 1200), 2), checkpoint_dir=checkpoint, **settings)
-    with pytest.raises(ValueError, match="other settings"):
+        build(source, _interrupted(_batches(tokenizer, wikitext, 1200), 2), checkpoint_dir=checkpoint, **SETTINGS)
+    with pytest.raises(ValueError, match="made with k=8, step_tokens=64, not k=9, step_tokens=256"):
         build(source, _batches(tokenizer, wikitext, 1200), checkpoint_dir=checkpoint, k=9, threshold=0.2, progress=False)
+
+
+def test_resume_refuses_other_text(bridge, tokenizer, wikitext, tmp_path):
+    source = TransformerLensSource(bridge, [HOOK])
+    checkpoint = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        build(source, _interrupted(_batches(tokenizer, wikitext, 1200), 2), checkpoint_dir=checkpoint, **SETTINGS)
+    state = (checkpoint / "state.json").read_bytes()
+    heldout = token_batches(select_split(file_documents(wikitext), "heldout"), tokenizer, 64, 4, 1200)
+    longer = token_batches(select_split(file_documents(wikitext), "train"), tokenizer, 65, 4, 1200)
+    shorter = _batches(tokenizer, wikitext, 200)
+    for batches in (heldout, longer, shorter):
+        with pytest.raises(ValueError, match="differs from the text the checkpoint"):
+            build(source, batches, checkpoint_dir=checkpoint, **SETTINGS)
+        assert (checkpoint / "state.json").read_bytes() == state
+
+
+def test_interruption_inside_a_batch_keeps_the_finished_batches(bridge, tokenizer, wikitext, tmp_path, whole, monkeypatch):
+    # Ctrl-C after the first hook of batch 4 took its atoms, before the second did.
+    calls = []
+    update = DictionaryBuilder.update
+
+    def interrupted(self, x):
+        calls.append(1)
+        if len(calls) == 8:
+            raise KeyboardInterrupt
+        return update(self, x)
+
+    monkeypatch.setattr(DictionaryBuilder, "update", interrupted)
+    source = TransformerLensSource(bridge, TWO_HOOKS)
+    checkpoint = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        build(source, _batches(tokenizer, wikitext, 1200), checkpoint_dir=checkpoint, **SETTINGS)
+    monkeypatch.undo()
+    saved = json.loads((checkpoint / "state.json").read_text())
+    assert saved["state"]["batches"] == 3 and all(len(rows) == 3 for rows in saved["state"]["history"].values())
+    _assert_same(build(source, _batches(tokenizer, wikitext, 1200), checkpoint_dir=checkpoint, **SETTINGS).dictionaries, whole)
+
+
+def test_a_checkpoint_being_replaced_is_not_lost(bridge, tokenizer, wikitext, tmp_path, whole):
+    # The build stopped after moving the complete checkpoint aside, before moving the new one in.
+    source = TransformerLensSource(bridge, TWO_HOOKS)
+    checkpoint = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        build(source, _interrupted(_batches(tokenizer, wikitext, 1200), 2), checkpoint_dir=checkpoint, **SETTINGS)
+    current, partial, previous = checkpoint_folders(checkpoint)
+    current.replace(previous)
+    partial.mkdir()
+    (partial / "hook0").mkdir()  # a next checkpoint, half written
+    assert find_checkpoint(checkpoint) == previous
+    _assert_same(build(source, _batches(tokenizer, wikitext, 1200), checkpoint_dir=checkpoint, **SETTINGS).dictionaries, whole)
+    assert not any(folder.exists() for folder in checkpoint_folders(checkpoint))
+
+
+def test_a_failed_first_batch_leaves_no_checkpoint(bridge, tokenizer, wikitext, tmp_path):
+    source = TransformerLensSource(bridge, ["blocks.0.attn.hook_pattern"])
+    checkpoint = tmp_path / "ckpt"
+    with pytest.raises(ValueError, match=r"not \[batch, pos, d_model\]"):
+        build(source, _batches(tokenizer, wikitext, 200), checkpoint_dir=checkpoint, **SETTINGS)
+    assert find_checkpoint(checkpoint) is None and not checkpoint.exists()
+
+
+def test_a_kept_checkpoint_finishes_without_reading_activations(bridge, tokenizer, wikitext, tmp_path, whole):
+    calls = []
+
+    class Counted(TransformerLensSource):
+        def __call__(self, tokens):
+            calls.append(1)
+            return super().__call__(tokens)
+
+    source = Counted(bridge, TWO_HOOKS)
+    checkpoint = tmp_path / "ckpt"
+    first = build(source, _batches(tokenizer, wikitext, 1200), checkpoint_dir=checkpoint, keep_checkpoint=True, **SETTINGS)
+    assert find_checkpoint(checkpoint) == checkpoint and calls
+    calls.clear()
+    again = build(source, _batches(tokenizer, wikitext, 1200), checkpoint_dir=checkpoint, **SETTINGS)
+    assert not calls
+    _assert_same(first.dictionaries, whole)
+    _assert_same(again.dictionaries, whole)
+    assert not checkpoint.exists()
 
 
 def test_unknown_hook_lists_close_matches(bridge):

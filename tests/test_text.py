@@ -4,13 +4,56 @@ import pytest
 import torch
 
 from itda_lens.provenance import document_id
-from itda_lens.text import builtin_documents, file_documents, select_split, token_batches
+from itda_lens.text import WINDOW_CHARS, builtin_documents, file_documents, select_split, token_batches
 
 
 def test_wikitext_splits_at_article_titles(wikitext):
     documents = list(file_documents(wikitext))
     assert len(documents) == 60
     assert all(doc.lstrip(" \n").startswith("= ") for doc in documents)
+    # the ids dictionaries already saved point at
+    assert [document_id(documents[0]), document_id(documents[-1])] == [7962834766268276902, 105025167109766082]
+
+
+def test_files_are_read_lazily(tmp_path):
+    # Text that cannot be decoded far after the first documents: reading them must not reach it.
+    path = tmp_path / "big.txt"
+    path.write_bytes(b"first document\n\nsecond document\n\n" + b"more text\n\n" * 20_000 + b"\xff\xfe broken\n")
+    documents = file_documents(path)
+    assert [next(documents), next(documents)] == ["first document\n", "second document\n"]
+    with pytest.raises(ValueError, match="not UTF-8 text"):
+        list(documents)
+
+
+def test_a_huge_document_is_tokenised_only_as_far_as_needed(tmp_path, smollm2_tokenizer):
+    path = tmp_path / "one-line.txt"
+    text = "lorem ipsum dolor sit amet " * 800_000  # 21.6 MB on one line
+    path.write_text(text)
+    seen = []
+
+    class Counting:
+        bos_token_id, pad_token_id = smollm2_tokenizer.bos_token_id, smollm2_tokenizer.pad_token_id
+
+        def __call__(self, text, **kwargs):
+            seen.append(len(text))
+            return smollm2_tokenizer(text, **kwargs)
+
+    batches = list(token_batches(file_documents(path), Counting(), 128, 16, max_tokens=2000))
+    assert sum(batch.n_tokens for batch in batches) == 2000
+    assert sum(seen) <= 3 * WINDOW_CHARS
+    read = "".join("".join(b.provenance(torch.nonzero(b.mask.flatten())[:, 0]).token) for b in batches)
+    assert 2000 < len(read) and read == text[: len(read)]  # the offsets run on across the pieces
+
+
+def test_long_documents_get_the_tokens_of_the_whole_text(wikitext, smollm2_tokenizer):
+    long = sorted(file_documents(wikitext), key=len)[-3:]
+    assert len(long[0]) > 5 * WINDOW_CHARS
+    for text in long:
+        whole = smollm2_tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        batch = next(token_batches([text], smollm2_tokenizer, seq_len=len(whole["input_ids"]) + 1, batch_size=1))
+        mask = batch.mask[0]
+        assert batch.tokens[0][mask].tolist() == whole["input_ids"]
+        assert list(zip(batch.char_start[0][mask].tolist(), batch.char_end[0][mask].tolist())) == [tuple(o) for o in whole["offset_mapping"]]
 
 
 def test_heldout_and_train_are_disjoint_and_cover_all(wikitext):
@@ -51,15 +94,21 @@ def test_jsonl_and_errors(tmp_path, tokenizer):
     path = tmp_path / "docs.jsonl"
     path.write_text(json.dumps({"text": "first doc"}) + "\n\n" + json.dumps({"text": "second"}) + "\n")
     assert list(file_documents(path)) == ["first doc", "second"]
-    path.write_text('{"body": "x"}\n')
-    with pytest.raises(ValueError, match="'text' field"):
-        list(file_documents(path))
+    for line in ('{"body": "x"}', '{"text": 3}', "[1, 2]", "not json"):
+        path.write_text(line + "\n")
+        with pytest.raises(ValueError, match=r"docs.jsonl:1 is not a JSON object with a 'text' field"):
+            list(file_documents(path))
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n   \n")
     with pytest.raises(ValueError, match="no text"):
         list(token_batches(file_documents(empty), tokenizer))
     with pytest.raises(FileNotFoundError):
         file_documents(tmp_path / "missing.txt")
+    with pytest.raises(ValueError, match="not a regular file"):
+        file_documents(tmp_path)
+    for bad in ({"seq_len": 1}, {"batch_size": 0}, {"max_tokens": 0}):
+        with pytest.raises(ValueError, match="must be at least"):
+            list(token_batches(["text"], tokenizer, **{"seq_len": 8, **bad}))
 
 
 def test_bos_only_when_asked(tokenizer):

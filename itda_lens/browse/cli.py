@@ -16,7 +16,7 @@ DEFAULT_USAGE_TOKENS = 20_000
 
 def add_browse_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``browse`` command to the ``itda-lens`` sub-commands."""
-    from itda_lens.cli import _add_run_args, _add_text_args
+    from itda_lens.options import add_run_args, add_text_args, positive_int
 
     parser = subparsers.add_parser("browse", help="write a static HTML page to explore a dictionary's atoms", description=__doc__)
     parser.add_argument("dictionary", type=Path, help="a dictionary folder (as written by itda-lens train)")
@@ -24,11 +24,11 @@ def add_browse_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--title", default=None, help="the page title (default: model and hook)")
     parser.add_argument("--model", default=None, help="default: the model the dictionary was built for")
     parser.add_argument("--hook", default=None, help="default: the hook the dictionary was built at")
-    parser.add_argument("--top", type=int, default=5, help="top held-out contexts kept per atom")
+    parser.add_argument("--top", type=positive_int, default=5, help="top held-out contexts kept per atom")
     parser.add_argument("--no-usage", action="store_true", help="skip the held-out usage (no model is run)")
-    _add_text_args(parser, "heldout")
+    add_text_args(parser, "heldout")
     parser.set_defaults(max_tokens=DEFAULT_USAGE_TOKENS)
-    _add_run_args(parser)
+    add_run_args(parser)
     return parser
 
 
@@ -37,25 +37,25 @@ def run_browse(args: argparse.Namespace) -> dict:
     from itda_lens.browse.page import write_browser
     from itda_lens.browse.usage import atom_usage
     from itda_lens.itda import ITDA
+    from itda_lens.options import check_out_file, load_model, text_documents, token_batches
 
     itda = ITDA.load(args.dictionary, device=args.device)
     out = args.out if args.out is not None else args.dictionary / "browser.html"
-    if not out.parent.exists():
-        raise FileNotFoundError(f"the folder of --out ({out.parent}) does not exist; create it first.")
+    check_out_file(out)
     usage = None
     if not args.no_usage:
         from itda_lens.activations import TransformerLensSource
-        from itda_lens.cli import _batches
-        from itda_lens.models import DEFAULT_MODEL, load_model
+        from itda_lens.models import DEFAULT_MODEL
 
         hook = args.hook or itda.config.hook
         if hook is None:
             raise ValueError("the dictionary does not record its hook point; pass --hook.")
+        documents = text_documents(args)
         name = args.model or itda.config.model or DEFAULT_MODEL
-        model = load_model(name, "transformer_lens", dtype=args.dtype, device=args.device)
+        model = load_model(args, name, "transformer_lens")
         source = TransformerLensSource(model, [hook], model_name=name)
         usage = atom_usage(
-            itda, source, _batches(args, model.tokenizer), hook=hook, top=args.top,
+            itda, source, token_batches(args, documents, model.tokenizer), hook=hook, top=args.top,
             total_tokens=args.max_tokens, progress=not args.no_progress,
         )
     write_browser(itda, out, usage=usage, title=args.title)

@@ -14,13 +14,11 @@ import json
 import re
 from pathlib import Path
 
-from itda_lens.build import DEFAULT_THRESHOLD
-
 
 def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``compare`` command to the ``itda-lens`` sub-commands."""
-    from itda_lens.cli import _add_run_args, _add_text_args
     from itda_lens.compare.comparison import ALL_MEASURES
+    from itda_lens.options import add_dictionary_args, add_run_args, add_text_args, fraction, positive_int
 
     parser = subparsers.add_parser("compare", help="compare two models (or two sets of dictionaries) layer by layer", description=__doc__)
     models = parser.add_argument_group("models (dictionaries are built on the corpus)")
@@ -29,23 +27,21 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     models.add_argument("--backend", default="transformer_lens", choices=["transformer_lens", "nnsight"])
     models.add_argument("--hook-a", action="append", help="a hook of model A (TransformerLens name); repeat. Default: every blocks.i.hook_resid_post")
     models.add_argument("--hook-b", action="append", help="a hook of model B; repeat. Default: every blocks.i.hook_resid_post")
-    models.add_argument("--k", type=int, default=40)
-    models.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
-    models.add_argument("--max-atoms", type=int, default=None)
+    add_dictionary_args(models)
     models.add_argument("--measures", nargs="+", default=list(ALL_MEASURES), choices=list(ALL_MEASURES))
-    models.add_argument("--baseline-tokens", type=int, default=8192, help="at most this many shared tokens for the baselines")
+    models.add_argument("--baseline-tokens", type=positive_int, default=8192, help="at most this many shared tokens for the baselines")
     models.add_argument(
-        "--record-fraction", type=float, default=None,
+        "--record-fraction", type=fraction, default=None,
         help="share of tokens whose activations are kept for the baselines (default: enough for --baseline-tokens given --max-tokens)",
     )
     saved = parser.add_argument_group("saved dictionaries (Jaccard only)")
     saved.add_argument("--dictionaries-a", type=Path, help="a dictionary folder, or a folder of them (one per hook)")
     saved.add_argument("--dictionaries-b", type=Path)
-    saved.add_argument("--shared-tokens", type=int, default=None, help="tokens common to both builds, for the null when their token counts differ")
+    saved.add_argument("--shared-tokens", type=positive_int, default=None, help="tokens common to both builds, for the null when their token counts differ")
     parser.add_argument("--by", default="span", choices=["span", "token"], help="match atoms by character span (any tokenizers) or token index")
     parser.add_argument("--out", type=Path, required=True, help="folder for comparison.json and similarity.png")
-    _add_text_args(parser, "all")
-    _add_run_args(parser)
+    add_text_args(parser, "all")
+    add_run_args(parser)
     return parser
 
 
@@ -53,25 +49,28 @@ def run_compare(args: argparse.Namespace) -> dict:
     """Run ``itda-lens compare``; returns the JSON-able comparison (also written to
     ``--out/comparison.json``)."""
     from itda_lens.compare.comparison import compare_dictionaries, compare_models
+    from itda_lens.options import check_out_folder, text_documents
 
     with_models = args.model_a is not None or args.model_b is not None
     with_saved = args.dictionaries_a is not None or args.dictionaries_b is not None
     if with_models == with_saved:
         raise ValueError("give --model-a and --model-b, or --dictionaries-a and --dictionaries-b (not both kinds).")
-    if not args.out.parent.exists():
-        raise FileNotFoundError(f"the parent folder of --out ({args.out.parent}) does not exist; create it first.")
-    args.out.mkdir(exist_ok=True)
+    if with_saved and (args.dictionaries_a is None or args.dictionaries_b is None):
+        raise ValueError("give both --dictionaries-a and --dictionaries-b.")
+    if with_models and (args.model_a is None or args.model_b is None):
+        raise ValueError("give both --model-a and --model-b.")
+    check_out_folder(args.out)
     heatmap = args.out / "similarity.png"
     if with_saved:
-        if args.dictionaries_a is None or args.dictionaries_b is None:
-            raise ValueError("give both --dictionaries-a and --dictionaries-b.")
+        dictionaries = load_dictionaries(args.dictionaries_a), load_dictionaries(args.dictionaries_b)
+        args.out.mkdir(exist_ok=True)
         result = compare_dictionaries(
-            load_dictionaries(args.dictionaries_a), load_dictionaries(args.dictionaries_b), by=args.by,
-            shared_tokens=args.shared_tokens, heatmap=heatmap, name_a=str(args.dictionaries_a), name_b=str(args.dictionaries_b),
+            *dictionaries, by=args.by, shared_tokens=args.shared_tokens, heatmap=heatmap,
+            name_a=str(args.dictionaries_a), name_b=str(args.dictionaries_b),
         )
     else:
-        if args.model_a is None or args.model_b is None:
-            raise ValueError("give both --model-a and --model-b.")
+        text_documents(args)  # the text can be read, before any model is loaded
+        args.out.mkdir(exist_ok=True)
         layers = [_model_layers(args, name, hooks) for name, hooks in ((args.model_a, args.hook_a), (args.model_b, args.hook_b))]
         result = compare_models(*layers, measures=args.measures, by=args.by, max_tokens=args.baseline_tokens, heatmap=heatmap)
     (args.out / "comparison.json").write_text(json.dumps(result, indent=1))
@@ -105,11 +104,11 @@ def _natural(path: Path) -> list:
 
 
 def _model_layers(args, name: str, hooks: list[str] | None):
-    from itda_lens.cli import _batches
     from itda_lens.compare.model_layers import model_layers
-    from itda_lens.models import load_model
+    from itda_lens.options import load_model, text_documents, token_batches
 
-    model = load_model(name, args.backend, dtype=args.dtype, device=args.device)
+    documents = text_documents(args)
+    model = load_model(args, name, args.backend)
     if args.backend == "nnsight":
         from itda_lens.activations import NnsightSource
 
@@ -124,7 +123,7 @@ def _model_layers(args, name: str, hooks: list[str] | None):
     if fraction is None:
         fraction = 1.0 if args.max_tokens is None else min(1.0, 2.0 * args.baseline_tokens / args.max_tokens)
     return model_layers(
-        source, _batches(args, model.tokenizer), name, k=args.k, threshold=args.threshold, max_atoms=args.max_atoms,
+        source, token_batches(args, documents, model.tokenizer), name, k=args.k, threshold=args.threshold, max_atoms=args.max_atoms,
         record_fraction=fraction, device=args.device, progress=not args.no_progress, total_tokens=args.max_tokens,
     )
 
