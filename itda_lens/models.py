@@ -97,6 +97,8 @@ def load_hf(name: str = DEFAULT_MODEL, dtype: str = "float32", device: str = "cp
     path = embedded_model_path() if name == DEFAULT_MODEL else name
     if Path(path).exists() and not (Path(path) / "config.json").is_file():
         raise ValueError(f"{path} is a path but not a model folder (it has no config.json); give a Hugging Face model folder or id.")
+    if not Path(path).exists():
+        _check_hub_id(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
@@ -106,6 +108,29 @@ def load_hf(name: str = DEFAULT_MODEL, dtype: str = "float32", device: str = "cp
             f"or a Hugging Face id that is cached or reachable ({str(err).splitlines()[0]})."
         ) from err
     return model.to(torch_device).eval(), tokenizer
+
+
+def _check_hub_id(name: str) -> None:
+    """Raise a one-line ``ValueError`` unless ``name`` is a Hub model in the local cache or
+    on a reachable Hub: one request, so an offline machine answers at once instead of
+    after transformers' retries."""
+    import huggingface_hub
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
+
+    hint = f"give {DEFAULT_MODEL!r} (the embedded model), a local model folder or a Hugging Face id"
+    try:
+        if isinstance(huggingface_hub.try_to_load_from_cache(name, "config.json"), str):
+            return
+        huggingface_hub.model_info(name)
+    except HFValidationError as err:
+        raise ValueError(f"{name!r} is not a model folder or a Hugging Face id ({str(err).splitlines()[0]}); {hint}.") from err
+    except RepositoryNotFoundError as err:
+        raise ValueError(f"there is no model {name!r} on the Hugging Face Hub (or it is private: log in first); {hint}.") from err
+    except Exception as err:  # the Hub's client raises its own network errors
+        raise ValueError(
+            f"model {name!r} is not in the Hugging Face cache and the Hub cannot be reached ({err}); "
+            f"connect to the network, or {hint}."
+        ) from err
 
 
 def hub_id(name: str) -> str:

@@ -14,8 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from itda_lens.build import DEFAULT_THRESHOLD
-
-DTYPES = ("float32", "bfloat16", "float16", "float64")
+from itda_lens.models import DTYPES
 
 
 def _number(text: str, kind: type):
@@ -58,21 +57,13 @@ def fraction(text: str) -> float:
 
 
 def device(text: str) -> str:
-    """``cpu``, or an accelerator (``cuda``, ``cuda:N``, ``mps``) this machine has."""
-    import torch
+    """A device this machine has (:func:`itda_lens.models.check_device`)."""
+    from itda_lens.models import check_device
 
     try:
-        parsed = torch.device(text)
-    except (RuntimeError, ValueError):
-        parsed = None
-    if parsed is None or parsed.type not in ("cpu", "cuda", "mps"):
-        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or mps, got {text!r}")
-    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
-        raise argparse.ArgumentTypeError(f"{text} is not available: this machine has {torch.cuda.device_count()} CUDA devices; use --device cpu")
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError("CUDA is not available on this machine; use --device cpu")
-    if parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise argparse.ArgumentTypeError("MPS is not available on this machine; use --device cpu")
+        check_device(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).rstrip(".")) from None
     return text
 
 
@@ -178,7 +169,7 @@ def load_model(args: argparse.Namespace, name: str, backend: str):
         logging.disable_progress_bar()
     try:
         model = models.load_model(name, backend, dtype=args.dtype, device=args.device)
-    except (OSError, ValueError) as err:
+    except OSError as err:
         raise ValueError(f"cannot load the model {name} ({one_line(err)}); give the embedded default, a Hugging Face id or a local model folder.") from err
     check_seq_len(args.seq_len, model, backend)
     return model

@@ -10,7 +10,8 @@ from itda_lens.models import check_device, check_dtype, load_hf, load_model
 @pytest.mark.parametrize(
     "name, message",
     [
-        ("no such model", "cannot load model 'no such model': it is not 'smollm2-135m-instruct'"),
+        ("no such model", "'no such model' is not a model folder or a Hugging Face id"),
+        ("nobody/no-such-model", "not in the Hugging Face cache and the Hub cannot be reached|there is no model 'nobody/no-such-model'"),
         (".", "is a path but not a model folder"),
         ("README.md", "is a path but not a model folder"),
     ],
