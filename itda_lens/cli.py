@@ -131,7 +131,7 @@ def _train(args) -> dict:
             keep_checkpoint=True,
             total_tokens=args.max_tokens,
             progress=not args.no_progress,
-            metadata={"corpus": corpus},
+            metadata={"corpus": corpus, "model_dtype": args.dtype},
         )
         try:
             _save(result, out, single)
