@@ -268,7 +268,7 @@ def _save_checkpoint(directory: Path, settings: dict, builders: dict[str, Dictio
     groups = {}
     for number, (hook, builder) in enumerate(builders.items()):
         if builder.n_atoms:
-            cfg = ITDAConfig(d_model=builder.d_model, k=builder.k, threshold=builder.threshold, hook=hook)
+            cfg = ITDAConfig(d_model=builder.d_model, k=min(builder.k, builder.n_atoms), threshold=builder.threshold, hook=hook)
             ITDA(builder.atoms.cpu(), cfg, Provenance.cat(builder.provenance)).save(partial / f"hook{number}")
         groups[hook] = builder.groups
     (partial / STATE_FILE).write_text(json.dumps({"settings": settings, "state": state, "groups": groups}))

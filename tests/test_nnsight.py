@@ -110,7 +110,7 @@ def lm(nnsight_model):
 
 @pytest.fixture(scope="module")
 def tl_built(bridge, tokenizer, wikitext):
-    source = TransformerLensSource(bridge, [HOOK], model_name="smollm2")
+    source = TransformerLensSource(bridge, [HOOK])
     return build(source, _batches(tokenizer, wikitext), **BUILD)
 
 
@@ -437,9 +437,9 @@ def test_bad_input_gets_errors_naming_the_fix(lm, itda):
     with pytest.raises(ValueError, match="pass mask=None"):
         with lm.trace(ids):
             itn.splice(lm.model.layers[LAYER], itn.payload(itda), mask=torch.ones(1, 2, dtype=torch.bool))
-    with pytest.raises(ValueError, match="not indices of this dictionary"):
+    with pytest.raises(IndexError, match="are out of range"):
         itn.payload(itda, atoms=[itda.n_atoms])
-    with pytest.raises(ValueError, match=r"atoms \[-1\] are not indices"):
+    with pytest.raises(IndexError, match=r"atoms \[-1\] are out of range"):
         with lm.trace(ids):
             itn.ablate(lm.model.layers[LAYER], itn.payload(itda), [-1])
     with pytest.raises(ValueError, match="Close matches: model.layers.15"):
