@@ -365,8 +365,6 @@ def relative_error(x: Float[Tensor, "n d"], x_hat: Float[Tensor, "n d"]) -> Floa
     return (x - x_hat).pow(2).sum(-1) / x.pow(2).sum(-1).clamp_min(torch.finfo(x.dtype).tiny)
 
 
-
-
 def _max_text_bytes(n_atoms: int) -> int:
     return n_atoms * MAX_TEXT_BYTES_PER_ATOM + MAX_CONFIG_BYTES
 

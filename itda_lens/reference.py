@@ -79,7 +79,8 @@ def load_reference(directory: str | Path) -> ITDA:
     metadata = _load_metadata(directory / "metadata.yaml") if (directory / "metadata.yaml").exists() else {}
     where = directory / "metadata.yaml"
     try:
-        k = checks.integer(metadata.get("k", min(DEFAULT_K, n_atoms)), "field 'k'", 1, n_atoms)
+        k = metadata.get("k")
+        k = checks.integer(min(DEFAULT_K, n_atoms) if k is None else k, "field 'k'", 1, n_atoms)
         layer = metadata.get("layer")
         layer = None if layer is None else checks.integer(layer, "field 'layer'", low=0)
         for name in ("submodule_name", "lm_name"):
