@@ -110,7 +110,7 @@ def lm(nnsight_model):
 
 @pytest.fixture(scope="module")
 def tl_built(bridge, tokenizer, wikitext):
-    source = TransformerLensSource(bridge, [HOOK])
+    source = TransformerLensSource(bridge, [HOOK], model_name="smollm2-135m-instruct")
     return build(source, _batches(tokenizer, wikitext), **BUILD)
 
 
@@ -534,7 +534,7 @@ def _same_dictionary(a, b):
 @pytest.mark.parametrize("mode", ["local", "server"])
 def test_build_from_nnsight_equals_build_from_transformer_lens(lm, tl_built, tokenizer, wikitext, mode):
     backend = ServerSimulation(lm) if mode == "server" else None
-    source = NnsightSource(lm, ["model.layers.3"], model_name="smollm2", remote=mode if backend is None else False, backend=backend)
+    source = NnsightSource(lm, ["model.layers.3"], model_name="smollm2-135m-instruct", remote=mode if backend is None else False, backend=backend)
     assert source.hooks == [HOOK] and source.modules == ["model.layers.3"]
     built = build(source, _batches(tokenizer, wikitext), **BUILD)
     assert built.tokens == tl_built.tokens
@@ -557,11 +557,11 @@ class FailsAfter:
 def test_remote_build_that_fails_midway_resumes(lm, tl_built, tokenizer, wikitext, tmp_path):
     checkpoint = tmp_path / "checkpoint"
     broken = itn.RetryingBackend(lm, inner=FailsAfter(LocalSimulationBackend(lm), 2), retries=2, sleep=lambda s: None)
-    source = NnsightSource(lm, ["model.layers.3"], model_name="smollm2", backend=broken)
+    source = NnsightSource(lm, ["model.layers.3"], model_name="smollm2-135m-instruct", backend=broken)
     with pytest.raises(ConnectionRefusedError):
         build(source, _batches(tokenizer, wikitext), checkpoint_dir=checkpoint, checkpoint_every=1, **BUILD)
     assert broken.attempts == 3 and (checkpoint / "state.json").exists()
-    source = NnsightSource(lm, ["model.layers.3"], model_name="smollm2", remote="local")
+    source = NnsightSource(lm, ["model.layers.3"], model_name="smollm2-135m-instruct", remote="local")
     resumed = build(source, _batches(tokenizer, wikitext), checkpoint_dir=checkpoint, checkpoint_every=1, **BUILD)
     _same_dictionary(resumed.dictionaries[HOOK], tl_built.dictionaries[HOOK])
 
