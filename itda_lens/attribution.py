@@ -30,6 +30,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from itda_lens import checks
 from itda_lens.itda import ITDA
 from itda_lens.transformer_lens import AttachedITDA, Positions, attached, attachments
 
@@ -52,6 +53,8 @@ __all__ = [
 # --------------------------------------------------------------------------- metrics
 def logit_diff(correct: int, wrong: int, position: int = -1) -> Metric:
     """Logit of ``correct`` minus logit of ``wrong`` at ``position``, mean over the batch."""
+    correct, wrong = checks.integer(correct, "correct", low=0), checks.integer(wrong, "wrong", low=0)
+    position = checks.integer(position, "position")
 
     def metric(logits: Tensor) -> Tensor:
         at = logits[:, position].float()
@@ -62,6 +65,7 @@ def logit_diff(correct: int, wrong: int, position: int = -1) -> Metric:
 
 def log_prob(token: int, position: int = -1) -> Metric:
     """Log-probability of ``token`` at ``position``, mean over the batch."""
+    token, position = checks.integer(token, "token", low=0), checks.integer(position, "position")
 
     def metric(logits: Tensor) -> Tensor:
         return logits[:, position].float().log_softmax(-1)[:, token].mean()
@@ -95,8 +99,8 @@ def _as_metric(metric: Metric | str, tokens: Tensor) -> Metric:
 def _as_tokens(model, tokens) -> Int[Tensor, "batch pos"]:
     if isinstance(tokens, (str, list)):
         tokens = model.to_tokens(tokens)
-    if not isinstance(tokens, Tensor) or tokens.dim() != 2:
-        raise ValueError("tokens must be a string, a list of strings or token ids of shape [batch, pos].")
+    if not isinstance(tokens, Tensor) or tokens.dim() != 2 or tokens.is_floating_point() or tokens.dtype == torch.bool:
+        raise ValueError("tokens must be a string, a list of strings or integer token ids of shape [batch, pos].")
     return tokens.to(next(model.parameters()).device)
 
 
@@ -104,6 +108,7 @@ def _as_tokens(model, tokens) -> Int[Tensor, "batch pos"]:
 def _error_term(splices: Sequence[AttachedITDA], on: bool | None) -> Iterator[None]:
     before = [s.error_term for s in splices]
     if on is not None:
+        checks.flag(on, "error_term")
         for splice in splices:
             splice.error_term = on
     try:
@@ -139,7 +144,7 @@ def ablation_effects(
     splice = attached(model, hook)
     tokens = _as_tokens(model, tokens)
     metric = _as_metric(metric, tokens)
-    atoms = splice._check_atoms(atoms)
+    atoms = splice.atom_indices(atoms)
     effects = torch.empty(len(atoms), dtype=torch.float64)
     with _error_term([splice], error_term), torch.no_grad():
         base = _scalar(metric(model(tokens)))

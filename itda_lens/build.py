@@ -336,7 +336,7 @@ def _save_checkpoint(directory: Path, settings: dict, builders: dict[str, Dictio
         rows = state["history"][hook][: state["batches"]]
         n_atoms = rows[-1][1] if rows else 0
         if n_atoms:
-            cfg = ITDAConfig(d_model=builder.d_model, k=builder.k, threshold=builder.threshold, hook=hook)
+            cfg = ITDAConfig(d_model=builder.d_model, k=min(builder.k, n_atoms), threshold=builder.threshold, hook=hook)
             provenance = Provenance.cat(builder.provenance).select(torch.arange(n_atoms))
             ITDA(builder.atoms[:n_atoms].cpu(), cfg, provenance).save(partial / f"hook{number}")
         groups[hook] = [size for size in builder.groups if size <= n_atoms]

@@ -19,6 +19,12 @@ in its place (with or without the error term), :func:`ablate` removes atoms,
 back as ``(indices, values)`` of shape ``[batch, seq, k]``; positions outside ``mask``
 are not encoded and have index -1 and value 0.
 
+Arguments are checked as the TransformerLens verbs check them (:mod:`itda_lens.checks`):
+atom indices must be integers, scales finite numbers, masks bool; NaN or inf
+activations raise; a module other than the one the dictionary was built at (another
+layer, an MLP output instead of the residual stream) gets the warning
+:func:`~itda_lens.transformer_lens.attach` gives, once per payload and module.
+
 Remote safety: what runs inside a trace uses only torch and the standard library (and,
 for encoding on the CPU, numba where it is installed).
 Importing this module registers ``itda_lens`` with ``nnsight.register`` so these
@@ -33,6 +39,7 @@ connection errors; :class:`DryRunBackend` measures a request without running it.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -41,7 +48,16 @@ import nnsight
 import torch
 from nnsight.tracing.backend import Backend
 
-from itda_lens.itda import GRAM_MAX_BYTES
+from itda_lens.checks import atom_indices as _atom_indices
+from itda_lens.checks import finite_activations as _finite_activations
+from itda_lens.checks import flag as _flag
+from itda_lens.checks import integer as _integer
+from itda_lens.checks import number as _number
+from itda_lens.checks import warn_if_elsewhere as _warn_if_elsewhere
+from itda_lens.itda import FLOAT_DTYPES, GRAM_MAX_BYTES
+from itda_lens.names import LAYOUTS as _LAYOUTS
+from itda_lens.names import hook_name as _hook_name
+from itda_lens.names import to_module_path as _to_module_path
 from itda_lens.pursuit import decode as _decode_kernel
 from itda_lens.pursuit import gram_matrix as _gram_matrix
 from itda_lens.pursuit import pursuit as _pursuit
@@ -64,6 +80,7 @@ class Payload:
 
     ``ids[i]`` is the dictionary index of ``atoms[i]``. A complete payload (every atom)
     can encode, splice, ablate and attribute; one with chosen atoms can only steer.
+    ``hook`` and ``model`` say where the dictionary was built.
     """
 
     def __init__(
@@ -74,14 +91,17 @@ class Payload:
         k: int,
         refit: bool = True,
         hook: str | None = None,
+        model: str | None = None,
     ):
         self.atoms = atoms
         self.ids = list(ids)
-        self.n_atoms = n_atoms
-        self.k = k
-        self.refit = refit
+        self.n_atoms = _integer(n_atoms, "n_atoms", low=1)
+        self.k = _integer(k, "k", 1, self.n_atoms)
+        self.refit = _flag(refit, "refit")
         self.hook = hook
+        self.model = model
         self._prepared: dict[str, Any] = {}
+        self._warned: set[str] = set()  # modules already warned about
 
     @property
     def d_model(self) -> int:
@@ -100,6 +120,7 @@ class Payload:
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_prepared"] = {}  # device copies and Gram matrices are rebuilt where the trace runs
+        state["_warned"] = set()
         return state
 
     def __repr__(self) -> str:
@@ -123,20 +144,20 @@ def payload(
     if not hasattr(itda, "atoms") or not hasattr(itda, "config"):
         raise TypeError(f"payload() takes an ITDA, got {type(itda).__name__}.")
     n_atoms = itda.atoms.shape[0]
-    if atoms is None:
-        ids = list(range(n_atoms))
-    else:
-        ids = list(dict.fromkeys(int(a) for a in atoms))
-        bad = [a for a in ids if not 0 <= a < n_atoms]
-        if bad or not ids:
-            raise ValueError(f"atoms {bad or '[]'} are not indices of this dictionary (0 to {n_atoms - 1}).")
+    ids = list(range(n_atoms)) if atoms is None else list(dict.fromkeys(_atom_indices(atoms, n_atoms).tolist()))
     if isinstance(dtype, str):
+        if dtype.removeprefix("torch.") not in FLOAT_DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(FLOAT_DTYPES)}, got {dtype!r}.")
         dtype = getattr(torch, dtype.removeprefix("torch."))
     dtype = dtype or itda.atoms.dtype
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a float type such as torch.bfloat16, got {dtype!r}.")
+    if max_bytes is not None:
+        _integer(max_bytes, "max_bytes", low=0)
     rows = itda.atoms.detach() if atoms is None else itda.atoms.detach()[ids]
     # A fresh contiguous copy: a view would ship the storage of the whole dictionary.
     shipped = rows.to("cpu", dtype).contiguous().clone()
-    result = Payload(shipped, ids, n_atoms, itda.config.k, itda.config.refit, itda.config.hook)
+    result = Payload(shipped, ids, n_atoms, itda.config.k, itda.config.refit, itda.config.hook, itda.config.model)
     if max_bytes is not None and result.nbytes > max_bytes:
         raise PayloadTooLarge(
             f"the payload is {result.nbytes:,} bytes ({len(ids)} atoms x d_model {result.d_model} x "
@@ -187,6 +208,36 @@ def _check_payload(dictionary: Any, needs_every_atom: bool) -> None:
         )
 
 
+def _check_site(module: Any, dictionary: Any) -> None:
+    """Warn, once per payload and module, when ``module`` is not where the dictionary was
+    built (compared as hook names where :mod:`itda_lens.names` maps the architecture)."""
+    root, path = getattr(module, "root", None), getattr(module, "path", None)
+    if root is None or not isinstance(path, str):
+        raise TypeError(f"pass a module's envoy (such as lm.model.layers[15]), got {type(module).__name__}.")
+    path = path.removeprefix(root.path + ".")
+    if path in dictionary._warned:
+        return
+    dictionary._warned.add(path)
+    config = getattr(getattr(root, "_module", None), "config", None)
+    model_type = getattr(config, "model_type", None)
+    hook, same_hook = path, dictionary.hook == path
+    if model_type in _LAYOUTS:
+        with contextlib.suppress(ValueError):
+            hook = _hook_name(path, model_type)
+        with contextlib.suppress(ValueError):
+            same_hook = same_hook or _to_module_path(dictionary.hook or "", model_type) == path
+    _warn_if_elsewhere(dictionary.model, getattr(config, "_name_or_path", None), dictionary.hook, hook, same_hook, stacklevel=4)
+
+
+def _module_output(module: Any, dictionary: Any, mask: Tensor | None) -> tuple[Any, Tensor, Tensor]:
+    """``module``'s output, its hidden states and the positions to work on, after
+    checking the mask and the module."""
+    _check_site(module, dictionary)
+    output = module.output
+    x = hidden_states(output)
+    return output, x, _positions(x, dictionary, mask)
+
+
 def _positions(x: Tensor, dictionary: Any, mask: Tensor | None) -> Tensor:
     """The ``[batch, seq]`` mask on ``x``'s device, after checking widths and shapes."""
     if x.shape[-1] != dictionary.d_model:
@@ -196,6 +247,11 @@ def _positions(x: Tensor, dictionary: Any, mask: Tensor | None) -> Tensor:
         )
     if mask is None:
         return torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device)
+    if not isinstance(mask, torch.Tensor) or mask.is_floating_point() or mask.is_complex():
+        kind = f"a {mask.dtype} tensor" if isinstance(mask, torch.Tensor) else repr(mask)
+        raise TypeError(f"mask must be a bool tensor [batch, seq] (or 0/1 integers, as an attention mask), got {kind}.")
+    if mask.dtype != torch.bool and ((mask != 0) & (mask != 1)).any():
+        raise ValueError("an integer mask must hold only 0 and 1.")
     if tuple(mask.shape) != tuple(x.shape[:-1]):
         raise ValueError(
             f"mask has shape {tuple(mask.shape)} but the module output has {tuple(x.shape[:-1])} positions; "
@@ -220,7 +276,9 @@ def _encode_rows(dictionary: Any, rows: Float[Tensor, "n d_model"]) -> tuple[Ten
         if rows.shape[0] == 0:
             empty = torch.empty(0, dictionary.k, device=rows.device)
             return empty.long(), empty
-        return _pursuit(rows.detach().float(), atoms, dictionary.k, gram=gram, refit=dictionary.refit)
+        rows = rows.detach().float()
+        _finite_activations(rows)
+        return _pursuit(rows, atoms, dictionary.k, gram=gram, refit=dictionary.refit)
 
 
 def _scatter_codes(
@@ -248,9 +306,8 @@ def encode(
     gradient reaches them; pass the codes to :func:`attribute`.
     """
     _check_payload(dictionary, needs_every_atom=True)
-    output = module.output
-    x = hidden_states(output)
-    positions = _positions(x, dictionary, mask)
+    differentiable = _flag(differentiable, "differentiable")
+    output, x, positions = _module_output(module, dictionary, mask)
     rows = x[positions]
     indices, values = _scatter_codes(_encode_rows(dictionary, rows), positions, dictionary.k)
     if not differentiable:
@@ -274,9 +331,8 @@ def splice(
     Positions outside ``mask`` (BOS, padding) are left untouched.
     """
     _check_payload(dictionary, needs_every_atom=True)
-    output = module.output
-    x = hidden_states(output)
-    positions = _positions(x, dictionary, mask)
+    error_term = _flag(error_term, "error_term")
+    output, x, positions = _module_output(module, dictionary, mask)
     rows = x[positions]
     indices, values = _encode_rows(dictionary, rows)
     reconstruction = _decode(dictionary, indices, values).to(x.dtype)
@@ -295,13 +351,8 @@ def ablate(
     one's coefficient times its direction, leaving every other position as it was.
     Returns the codes before the ablation."""
     _check_payload(dictionary, needs_every_atom=True)
-    atoms = [int(atom) for atom in atoms]
-    bad = [atom for atom in atoms if not 0 <= atom < dictionary.n_atoms]
-    if bad:
-        raise ValueError(f"atoms {bad} are not indices of this dictionary (0 to {dictionary.n_atoms - 1}).")
-    output = module.output
-    x = hidden_states(output)
-    positions = _positions(x, dictionary, mask)
+    atoms = _atom_indices(atoms, dictionary.n_atoms).tolist()
+    output, x, positions = _module_output(module, dictionary, mask)
     indices, values = _scatter_codes(_encode_rows(dictionary, x[positions]), positions, dictionary.k)
     removed = torch.isin(indices, torch.as_tensor(atoms, dtype=torch.long, device=indices.device))
     active = removed.any(dim=-1)
@@ -323,17 +374,20 @@ def steer(
     (default: every position of every forward the trace sees). ``atoms`` are indices
     in the full dictionary; the payload needs to hold only them."""
     _check_payload(dictionary, needs_every_atom=False)
-    atoms = list(atoms)
+    atoms = _atom_indices(atoms, dictionary.n_atoms).tolist()
     where = {atom: row for row, atom in enumerate(dictionary.ids)}
     missing = [atom for atom in atoms if atom not in where]
     if missing:
         raise ValueError(f"atoms {missing} are not in the payload; make it with payload(itda, atoms={atoms}).")
-    scales = [float(scale)] * len(atoms) if isinstance(scale, (int, float)) else [float(s) for s in scale]
+    if isinstance(scale, torch.Tensor) and scale.numel() != 1:
+        scale = scale.flatten().tolist()
+    if isinstance(scale, Sequence) and not isinstance(scale, str):
+        scales = [_number(s, "scale") for s in scale]
+    else:
+        scales = [_number(scale, "scale")] * len(atoms)
     if len(scales) != len(atoms):
         raise ValueError(f"{len(scales)} scales for {len(atoms)} atoms.")
-    output = module.output
-    x = hidden_states(output)
-    positions = _positions(x, dictionary, mask)
+    output, x, positions = _module_output(module, dictionary, mask)
     directions, _ = _prepared(dictionary, x.device)
     rows = torch.as_tensor([where[atom] for atom in atoms], dtype=torch.long, device=x.device)
     weights = torch.as_tensor(scales, dtype=torch.float32, device=x.device)
@@ -347,6 +401,10 @@ def attribute(
     """Gradient times value for each code from :func:`encode` with ``differentiable=True``:
     the first-order estimate of how much ``metric`` drops when that atom is removed
     there (attribution patching). Zero where nothing was encoded."""
+    if not isinstance(metric, torch.Tensor) or metric.numel() != 1:
+        raise ValueError(f"the metric must be a scalar tensor, got {getattr(metric, 'shape', metric)!r}.")
+    if not isinstance(codes, tuple) or len(codes) != 2 or not all(isinstance(part, torch.Tensor) for part in codes):
+        raise TypeError("codes must be the (indices, values) that encode(..., differentiable=True) returned.")
     indices, values = codes
     if not values.requires_grad:
         raise ValueError("the codes carry no gradient: make them with encode(..., differentiable=True).")

@@ -24,6 +24,9 @@ CONTEXT_CHARS = 160
 #: The integer columns, in the order they are saved.
 COLUMNS = ("doc", "token_index", "char_start", "char_end", "token_id")
 
+#: The text columns, saved as JSON.
+TEXT_COLUMNS = ("token", "before", "after")
+
 
 def document_id(text: str) -> int:
     """A signed 64-bit id from the SHA-256 of the document's text."""
@@ -53,7 +56,7 @@ class Provenance:
                     f"provenance column {name!r} must be a 1-d int64 tensor of length {n}, "
                     f"got {column.dtype} of shape {tuple(column.shape)}."
                 )
-        for name in ("token", "before", "after"):
+        for name in TEXT_COLUMNS:
             texts = getattr(self, name)
             if not texts:
                 setattr(self, name, [""] * n)
@@ -79,7 +82,7 @@ class Provenance:
         """Records of several provenances, in order."""
         parts = [p for p in parts if len(p)] or [cls.empty()]
         columns = [torch.cat([getattr(p, name) for p in parts]) for name in COLUMNS]
-        texts = [sum((getattr(p, name) for p in parts), []) for name in ("token", "before", "after")]
+        texts = [sum((getattr(p, name) for p in parts), []) for name in TEXT_COLUMNS]
         return cls(*columns, *texts)
 
     def select(self, index: Int[Tensor, " m"] | list[int]) -> Provenance:
@@ -87,7 +90,7 @@ class Provenance:
         index = torch.as_tensor(index, dtype=torch.long)
         picks = index.tolist()
         columns = [getattr(self, name)[index] for name in COLUMNS]
-        texts = [[getattr(self, name)[i] for i in picks] for name in ("token", "before", "after")]
+        texts = [[getattr(self, name)[i] for i in picks] for name in TEXT_COLUMNS]
         return Provenance(*columns, *texts)
 
     def tensors(self) -> dict[str, Tensor]:
@@ -96,16 +99,24 @@ class Provenance:
 
     def texts(self) -> dict[str, list[str]]:
         """The text columns, for a JSON file."""
-        return {"token": self.token, "before": self.before, "after": self.after}
+        return {name: getattr(self, name) for name in TEXT_COLUMNS}
 
     @classmethod
     def from_saved(cls, tensors: dict[str, Tensor], texts: dict[str, list[str]]) -> Provenance:
-        """Inverse of :meth:`tensors` and :meth:`texts`."""
+        """Inverse of :meth:`tensors` and :meth:`texts`; columns of another type are refused."""
         missing = [name for name in COLUMNS if f"provenance.{name}" not in tensors]
         if missing:
             raise ValueError(f"the saved provenance lacks the columns {missing}.")
-        columns = [tensors[f"provenance.{name}"].long() for name in COLUMNS]
-        return cls(*columns, texts.get("token", []), texts.get("before", []), texts.get("after", []))
+        wrong = [name for name in COLUMNS if tensors[f"provenance.{name}"].dtype != torch.long]
+        if wrong:
+            raise ValueError(f"the saved provenance columns {wrong} are not int64.")
+        if not isinstance(texts, dict) or not set(texts) <= set(TEXT_COLUMNS):
+            raise ValueError(f"the saved provenance texts must be a dict with the keys {list(TEXT_COLUMNS)}.")
+        for name, values in texts.items():
+            if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
+                raise ValueError(f"the saved provenance texts {name!r} must be a list of strings.")
+        columns = [tensors[f"provenance.{name}"] for name in COLUMNS]
+        return cls(*columns, *(texts.get(name, []) for name in TEXT_COLUMNS))
 
     def keys(self, by: str = "span") -> set[tuple[int, int, int]]:
         """Hashable keys of the records with a known document.

@@ -2,58 +2,109 @@
 
 That layout is a folder with ``atoms.pt`` (``[n_atoms, d_model]``), ``atom_indices.pt``
 (``[n_atoms, 2]``: sequence index and token position in the reference's own dataset
-order) and ``metadata.yaml``. Tensors are read with ``torch.load(weights_only=True)``
-and YAML with ``yaml.safe_load``. The sequence index becomes the provenance ``doc``, so
-``by="token"`` comparisons reproduce the paper's Jaccard index between such files.
+order) and ``metadata.yaml``. Each file is read only if it is a regular file of a sane
+size (see :func:`itda_lens.itda.read_regular_file`). Tensors are read with
+``torch.load(weights_only=True)``, which rebuilds tensors and plain containers and
+refuses any other object; YAML with ``yaml.safe_load``, after refusing aliases (a few
+hundred bytes of them can expand to gigabytes). The sequence index becomes the
+provenance ``doc``, so ``by="token"`` comparisons reproduce the paper's Jaccard index
+between such files.
+
+Of the metadata, ``k`` (an int from 1 to ``n_atoms``; default the smaller of 40 and
+``n_atoms``), ``layer`` (an int >= 0), ``submodule_name`` and ``lm_name`` (strings)
+are used and checked; the whole mapping is kept in ``config.build["reference_metadata"]``.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import pickle
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
 
-from itda_lens.itda import ITDA, FormatError
+from itda_lens import checks
+from itda_lens.itda import ITDA, MAX_CONFIG_BYTES, FormatError, read_regular_file
 from itda_lens.provenance import Provenance
+
+#: The largest ``atoms.pt`` or ``atom_indices.pt`` read.
+MAX_TENSOR_BYTES = 16 << 30
+
+#: ``k`` when the metadata does not give it (at most the number of atoms).
+DEFAULT_K = 40
 
 
 def _load_tensor(path: Path) -> torch.Tensor:
+    data = read_regular_file(path, MAX_TENSOR_BYTES)
     try:
-        value = torch.load(path, weights_only=True, map_location="cpu")
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+        value = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
         raise FormatError(f"{path} is not a plain tensor file (or is corrupted): {err}") from err
     if not isinstance(value, torch.Tensor):
         raise FormatError(f"{path} holds a {type(value).__name__}, not a tensor.")
     return value
 
 
+def _load_metadata(path: Path) -> dict[str, Any]:
+    """``metadata.yaml`` as a JSON-compatible dict."""
+    try:
+        text = read_regular_file(path, MAX_CONFIG_BYTES).decode("utf-8")
+        if any(isinstance(token, yaml.AliasToken) for token in yaml.scan(text, Loader=yaml.SafeLoader)):
+            raise FormatError(f"{path} uses YAML aliases (*name); write the values out in full.")
+        metadata = yaml.safe_load(text)
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as err:
+        raise FormatError(f"corrupted {path}: {err}") from err
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise FormatError(f"{path} must hold a mapping of fields, got a {type(metadata).__name__}.")
+    try:  # dates and other YAML scalars become strings
+        return json.loads(json.dumps(metadata, default=str))
+    except (TypeError, ValueError) as err:
+        raise FormatError(f"{path} holds values that cannot be kept in config.json: {err}") from err
+
+
 def load_reference(directory: str | Path) -> ITDA:
     """An :class:`ITDA` from a reference-layout folder."""
     directory = Path(directory)
     atoms = _load_tensor(directory / "atoms.pt")
-    if atoms.dim() != 2:
-        raise FormatError(f"{directory / 'atoms.pt'} must hold a [n_atoms, d_model] tensor, got shape {tuple(atoms.shape)}.")
-    metadata = {}
-    if (directory / "metadata.yaml").exists():
-        try:
-            metadata = yaml.safe_load((directory / "metadata.yaml").read_text()) or {}
-        except yaml.YAMLError as err:
-            raise FormatError(f"corrupted {directory / 'metadata.yaml'}: {err}") from err
-    provenance = Provenance.unknown(atoms.shape[0])
+    if atoms.dim() != 2 or not atoms.is_floating_point():
+        raise FormatError(
+            f"{directory / 'atoms.pt'} must hold a float [n_atoms, d_model] tensor, got {atoms.dtype} of shape {tuple(atoms.shape)}."
+        )
+    n_atoms = atoms.shape[0]
+    metadata = _load_metadata(directory / "metadata.yaml") if (directory / "metadata.yaml").exists() else {}
+    where = directory / "metadata.yaml"
+    try:
+        k = metadata.get("k")
+        k = checks.integer(min(DEFAULT_K, n_atoms) if k is None else k, "field 'k'", 1, n_atoms)
+        layer = metadata.get("layer")
+        layer = None if layer is None else checks.integer(layer, "field 'layer'", low=0)
+        for name in ("submodule_name", "lm_name"):
+            if metadata.get(name) is not None and not isinstance(metadata[name], str):
+                raise TypeError(f"field {name!r} must be a string, got {metadata[name]!r}.")
+    except (TypeError, ValueError) as err:
+        raise FormatError(f"{where}: {err}") from err
+    provenance = Provenance.unknown(n_atoms)
     if (directory / "atom_indices.pt").exists():
-        indices = _load_tensor(directory / "atom_indices.pt").long()
-        if indices.shape != (atoms.shape[0], 2):
-            raise FormatError(f"atom_indices.pt has shape {tuple(indices.shape)}; expected ({atoms.shape[0]}, 2).")
-        provenance.doc, provenance.token_index = indices[:, 0].clone(), indices[:, 1].clone()
-    layer = metadata.get("layer")
+        indices = _load_tensor(directory / "atom_indices.pt")
+        if indices.shape != (n_atoms, 2) or indices.is_floating_point() or indices.dtype == torch.bool:
+            raise FormatError(
+                f"atom_indices.pt must hold integers of shape ({n_atoms}, 2), got {indices.dtype} of shape {tuple(indices.shape)}."
+            )
+        provenance.doc, provenance.token_index = indices[:, 0].long().clone(), indices[:, 1].long().clone()
     hook = metadata.get("submodule_name") or (f"blocks.{layer}.hook_resid_post" if layer is not None else None)
-    return ITDA.from_atoms(
-        atoms.float(),
-        k=int(metadata.get("k", 40)),
-        provenance=provenance,
-        model=metadata.get("lm_name"),
-        hook=hook,
-        build={"reference_metadata": metadata, "doc": "reference sequence index"},
-    )
+    try:
+        return ITDA.from_atoms(
+            atoms.float(),
+            k=k,
+            provenance=provenance,
+            model=metadata.get("lm_name"),
+            hook=hook,
+            build={"reference_metadata": metadata, "doc": "reference sequence index"},
+        )
+    except ValueError as err:
+        raise FormatError(f"inconsistent reference dictionary in {directory}: {err}") from err

@@ -27,6 +27,7 @@ from sae_lens.registry import SAE_CLASS_REGISTRY, register_sae_class
 from sae_lens.saes.sae import SAEMetadata
 from torch import Tensor, nn
 
+from itda_lens import checks
 from itda_lens.itda import ITDA, ITDAConfig
 from itda_lens.provenance import Provenance
 
@@ -41,6 +42,11 @@ class ITDASAEConfig(SAEConfig):
     k: int = 40
     refit: bool = True
     apply_b_dec_to_input: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        checks.integer(self.k, "k", 1, self.d_sae)
+        checks.flag(self.refit, "refit")
 
     @classmethod
     def architecture(cls) -> str:
@@ -58,9 +64,13 @@ class ITDASAE(SAE[ITDASAEConfig]):
     @classmethod
     def from_itda(cls, itda: ITDA, hook: str | None = None, model_name: str | None = None) -> ITDASAE:
         """The SAE of ``itda`` at ``hook`` (default: the hook it was built at)."""
+        if not isinstance(itda, ITDA):
+            raise TypeError(f"from_itda takes an ITDA, got {type(itda).__name__}.")
         hook = hook or itda.config.hook
         if hook is None:
             raise ValueError("the dictionary does not record its hook point; pass hook=, e.g. 'blocks.15.hook_resid_post'.")
+        if not isinstance(hook, str):
+            raise TypeError(f"hook must be a hook name such as 'blocks.15.hook_resid_post', got {hook!r}.")
         metadata = SAEMetadata(hook_name=hook, model_name=model_name or itda.config.model, prepend_bos=True)
         cfg = ITDASAEConfig(
             d_in=itda.d_model, d_sae=itda.n_atoms, dtype=itda.config.dtype, device=str(itda.atoms.device),

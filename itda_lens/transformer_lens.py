@@ -37,6 +37,7 @@ default): ``new_tokens`` decides whether it is edited. Any other pass is a promp
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -47,6 +48,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
+from itda_lens import checks
 from itda_lens.itda import ITDA, SparseCodes
 
 #: Name of the child module that holds an attached dictionary under its host hook point.
@@ -61,6 +63,7 @@ __all__ = [
     "attached",
     "attachments",
     "check_compatible",
+    "check_positions",
     "detach",
     "position_mask",
     "replace_hook",
@@ -82,12 +85,9 @@ def check_compatible(model, itda: ITDA, hook: str) -> None:
             f"the dictionary has width {itda.d_model} but {hook} has width {width}: it was built for "
             f"model={itda.config.model!r}, hook={itda.config.hook!r}; use a dictionary built for this hook point."
         )
-    model_name = getattr(model.cfg, "model_name", None)
-    if itda.config.model and model_name and itda.config.model != model_name:
-        warnings.warn(f"the dictionary was built for model {itda.config.model!r}, not {model_name!r}.", stacklevel=3)
     built = itda.config.hook
-    if built and built != hook and hooks.get(built) is not hooks[hook]:
-        warnings.warn(f"the dictionary was built at hook {built!r}, not {hook!r}.", stacklevel=3)
+    same_hook = built == hook or hooks.get(built) is hooks[hook]
+    checks.warn_if_elsewhere(itda.config.model, getattr(model.cfg, "model_name", None), built, hook, same_hook, stacklevel=3)
 
 
 def replace_hook(
@@ -103,12 +103,32 @@ def replace_hook(
 
 
 # --------------------------------------------------------------------------- positions
+def check_positions(positions: Positions) -> Positions:
+    """``positions`` if it is one of the kinds :func:`position_mask` takes, ints as a
+    list; a ``TypeError`` naming the kinds otherwise (``1.5`` is not position 1)."""
+    kinds = "None, an int, ints, a slice, an integer tensor or a bool mask"
+    if positions is None or isinstance(positions, slice):
+        return positions
+    if isinstance(positions, Tensor):
+        if positions.is_floating_point() or positions.is_complex():
+            raise TypeError(f"positions must be {kinds}; got a {positions.dtype} tensor.")
+        return positions if positions.dtype == torch.bool else positions.flatten().tolist()
+    if isinstance(positions, numbers.Integral) and not isinstance(positions, bool):
+        return [int(positions)]
+    if isinstance(positions, Iterable) and not isinstance(positions, (str, bytes)):
+        picks = list(positions)
+        if all(isinstance(p, numbers.Integral) and not isinstance(p, bool) for p in picks):
+            return [int(p) for p in picks]
+    raise TypeError(f"positions must be {kinds}; got {positions!r}.")
+
+
 def position_mask(positions: Positions, batch: int, seq: int, device: torch.device | str = "cpu") -> Bool[Tensor, "batch seq"]:
     """``positions`` as a mask: ``None`` (all), an int or ints (negative count from the
     end), a slice, or a bool tensor of shape ``[seq]`` or ``[batch, seq]``."""
+    positions = check_positions(positions)
     if positions is None:
         return torch.ones(batch, seq, dtype=torch.bool, device=device)
-    if isinstance(positions, Tensor) and positions.dtype == torch.bool:
+    if isinstance(positions, Tensor):
         if positions.shape not in ((seq,), (batch, seq)):
             raise ValueError(f"a position mask must have shape [{seq}] or [{batch}, {seq}], got {tuple(positions.shape)}.")
         return positions.to(device).expand(batch, seq).clone()
@@ -116,10 +136,7 @@ def position_mask(positions: Positions, batch: int, seq: int, device: torch.devi
     if isinstance(positions, slice):
         mask[:, positions] = True
         return mask
-    if isinstance(positions, Tensor):
-        picks = positions.flatten().tolist()
-    else:
-        picks = [positions] if isinstance(positions, int) else [int(p) for p in positions]
+    picks = positions
     bad = [p for p in picks if not -seq <= p < seq]
     if bad:
         raise IndexError(f"positions {bad} lie outside the sequence of {seq} positions.")
@@ -289,14 +306,14 @@ class AttachedITDA(nn.Module):
         return self(output)
 
     # ------------------------------------------------------------------ edits
-    def _check_atoms(self, atoms: int | Sequence[int] | Tensor) -> Int[Tensor, " m"]:
-        atoms = torch.as_tensor(atoms, dtype=torch.long).flatten()
-        n = self.itda.n_atoms
-        bad = atoms[(atoms < 0) | (atoms >= n)].tolist()
-        if bad:
-            raise IndexError(f"atoms {bad} are out of range: the dictionary at {self.hook} has {n} atoms (0 to {n - 1}).")
-        if len(atoms) == 0:
-            raise ValueError("give at least one atom.")
+    def atom_indices(self, atoms: int | Sequence[int] | Tensor) -> Int[Tensor, " m"]:
+        """``atoms`` as indices of this dictionary, checked (see :func:`itda_lens.checks.atom_indices`)."""
+        return checks.atom_indices(atoms, self.itda.n_atoms, where=f" at {self.hook}")
+
+    def _one_atom(self, atom: int | Tensor, verb: str) -> Int[Tensor, " 1"]:
+        atoms = self.atom_indices(atom)
+        if len(atoms) != 1:
+            raise ValueError(f"{verb} takes one atom, got {atoms.tolist()}.")
         return atoms
 
     @contextmanager
@@ -310,13 +327,14 @@ class AttachedITDA(nn.Module):
     def ablate(self, atoms: int | Sequence[int] | Tensor, positions: Positions = None) -> AbstractContextManager[AttachedITDA]:
         """Inside the ``with`` block, ``atoms`` get coefficient 0 at ``positions``
         (default: every position)."""
-        return self._editing(_Edit("ablate", self._check_atoms(atoms), 0.0, positions, new_tokens=True))
+        return self._editing(_Edit("ablate", self.atom_indices(atoms), 0.0, check_positions(positions), new_tokens=True))
 
     def clamp(self, atom: int, value: float, positions: Positions = None, new_tokens: bool = True) -> AbstractContextManager[AttachedITDA]:
         """Inside the ``with`` block, ``atom``'s coefficient is ``value`` at ``positions``
         (added there when the codes lack it); ``new_tokens``: also on tokens ``generate``
         adds."""
-        return self._editing(_Edit("clamp", self._check_atoms(atom), float(value), positions, new_tokens))
+        atoms, value = self._one_atom(atom, "clamp"), checks.number(value, "value")
+        return self._editing(_Edit("clamp", atoms, value, check_positions(positions), checks.flag(new_tokens, "new_tokens")))
 
     def steer(
         self, atom: int, scale: float, *, relative: bool = False, positions: Positions = None, new_tokens: bool = True
@@ -325,17 +343,14 @@ class AttachedITDA(nn.Module):
         ``positions`` (default: every prompt position), and with ``new_tokens`` on every
         token ``generate`` adds. ``relative``: ``scale`` is in units of the atom's typical
         coefficient (see :meth:`calibrate`)."""
-        atoms = self._check_atoms(atom)
-        if len(atoms) != 1:
-            raise ValueError(f"steer takes one atom, got {atoms.tolist()}.")
-        amount = float(scale)
-        if relative:
+        atoms, amount = self._one_atom(atom, "steer"), checks.number(scale, "scale")
+        if checks.flag(relative, "relative"):
             amount *= self.typical_coefficient(int(atoms[0]))
-        return self._editing(_Edit("steer", atoms, amount, positions, new_tokens))
+        return self._editing(_Edit("steer", atoms, amount, check_positions(positions), checks.flag(new_tokens, "new_tokens")))
 
     def typical_coefficient(self, atom: int) -> float:
         """Mean |coefficient| of ``atom`` where it was active during :meth:`calibrate`."""
-        atom = int(self._check_atoms(atom)[0])
+        atom = int(self._one_atom(atom, "typical_coefficient")[0])
         if self.typical_coefficients is None:
             raise ValueError(
                 f"the dictionary at {self.hook} is not calibrated: call .calibrate(tokens) first, or steer with an absolute scale."
@@ -453,9 +468,15 @@ def attach(
     (default: the tokenizer's BOS). ``dense_codes`` adds the ``hook_dense`` hook point.
     The dictionary moves to the activations' device on first use.
     """
+    if not isinstance(itda, ITDA):
+        raise TypeError(f"attach takes an ITDA, got {type(itda).__name__}.")
     hook = hook or itda.config.hook
     if hook is None:
         raise ValueError("the dictionary does not record its hook point; pass hook=, e.g. 'blocks.15.hook_resid_post'.")
+    if not isinstance(hook, str):
+        raise TypeError(f"hook must be a hook name such as 'blocks.15.hook_resid_post', got {hook!r}.")
+    checks.flag(error_term, "error_term")
+    checks.flag(dense_codes, "dense_codes")
     check_compatible(model, itda, hook)
     host = model.hook_dict[hook]
     existing = host._modules.get(CHILD_NAME)
@@ -468,7 +489,11 @@ def attach(
         tokenizer = getattr(model, "tokenizer", None)
         bos = getattr(tokenizer, "bos_token_id", None)
         exclude_tokens = () if bos is None else (bos,)
-    splice = AttachedITDA(itda, hook, error_term, exclude_tokens, dense_codes)
+    ids = exclude_tokens.flatten().tolist() if isinstance(exclude_tokens, Tensor) else exclude_tokens
+    ids = list(ids) if isinstance(ids, Iterable) and not isinstance(ids, (str, bytes)) else [None]
+    if not all(isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in ids):
+        raise TypeError(f"exclude_tokens must be token ids (ints), got {exclude_tokens!r}.")
+    splice = AttachedITDA(itda, hook, error_term, ids, dense_codes)
     host.add_module(CHILD_NAME, splice)
     if _is_bridge(model):
         for child, point in splice.named_children():

@@ -110,7 +110,7 @@ def lm(nnsight_model):
 
 @pytest.fixture(scope="module")
 def tl_built(bridge, tokenizer, wikitext):
-    source = TransformerLensSource(bridge, [HOOK], model_name="smollm2")
+    source = TransformerLensSource(bridge, [HOOK], model_name="smollm2-135m-instruct")
     return build(source, _batches(tokenizer, wikitext), **BUILD)
 
 
@@ -437,9 +437,9 @@ def test_bad_input_gets_errors_naming_the_fix(lm, itda):
     with pytest.raises(ValueError, match="pass mask=None"):
         with lm.trace(ids):
             itn.splice(lm.model.layers[LAYER], itn.payload(itda), mask=torch.ones(1, 2, dtype=torch.bool))
-    with pytest.raises(ValueError, match="not indices of this dictionary"):
+    with pytest.raises(IndexError, match="are out of range"):
         itn.payload(itda, atoms=[itda.n_atoms])
-    with pytest.raises(ValueError, match=r"atoms \[-1\] are not indices"):
+    with pytest.raises(IndexError, match=r"atoms \[-1\] are out of range"):
         with lm.trace(ids):
             itn.ablate(lm.model.layers[LAYER], itn.payload(itda), [-1])
     with pytest.raises(ValueError, match="Close matches: model.layers.15"):
@@ -534,7 +534,7 @@ def _same_dictionary(a, b):
 @pytest.mark.parametrize("mode", ["local", "server"])
 def test_build_from_nnsight_equals_build_from_transformer_lens(lm, tl_built, tokenizer, wikitext, mode):
     backend = ServerSimulation(lm) if mode == "server" else None
-    source = NnsightSource(lm, ["model.layers.3"], model_name="smollm2", remote=mode if backend is None else False, backend=backend)
+    source = NnsightSource(lm, ["model.layers.3"], model_name="smollm2-135m-instruct", remote=mode if backend is None else False, backend=backend)
     assert source.hooks == [HOOK] and source.modules == ["model.layers.3"]
     built = build(source, _batches(tokenizer, wikitext), **BUILD)
     assert built.tokens == tl_built.tokens
@@ -557,11 +557,11 @@ class FailsAfter:
 def test_remote_build_that_fails_midway_resumes(lm, tl_built, tokenizer, wikitext, tmp_path):
     checkpoint = tmp_path / "checkpoint"
     broken = itn.RetryingBackend(lm, inner=FailsAfter(LocalSimulationBackend(lm), 2), retries=2, sleep=lambda s: None)
-    source = NnsightSource(lm, ["model.layers.3"], model_name="smollm2", backend=broken)
+    source = NnsightSource(lm, ["model.layers.3"], model_name="smollm2-135m-instruct", backend=broken)
     with pytest.raises(ConnectionRefusedError):
         build(source, _batches(tokenizer, wikitext), checkpoint_dir=checkpoint, checkpoint_every=1, **BUILD)
     assert broken.attempts == 3 and (checkpoint / "state.json").exists()
-    source = NnsightSource(lm, ["model.layers.3"], model_name="smollm2", remote="local")
+    source = NnsightSource(lm, ["model.layers.3"], model_name="smollm2-135m-instruct", remote="local")
     resumed = build(source, _batches(tokenizer, wikitext), checkpoint_dir=checkpoint, checkpoint_every=1, **BUILD)
     _same_dictionary(resumed.dictionaries[HOOK], tl_built.dictionaries[HOOK])
 

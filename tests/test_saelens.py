@@ -13,7 +13,7 @@ from sae_lens import SAE  # noqa: E402
 from itda_lens import ITDA  # noqa: E402
 from itda_lens.activations import TransformerLensSource  # noqa: E402
 from itda_lens.build import build  # noqa: E402
-from itda_lens.saelens import ITDASAE, hooked_sae_transformer  # noqa: E402
+from itda_lens.saelens import ITDASAE, ITDASAEConfig, hooked_sae_transformer  # noqa: E402
 from itda_lens.text import file_documents, select_split, token_batches  # noqa: E402
 from itda_lens.transformer_lens import attach  # noqa: E402
 
@@ -103,3 +103,11 @@ def test_bad_input(itda):
         hooked_sae_transformer(torch.nn.Linear(2, 2))
     with pytest.raises(AttributeError, match="W_enc is W_dec.T"):
         ITDASAE.from_itda(itda).W_enc = torch.nn.Parameter(torch.zeros(1))
+    with pytest.raises(TypeError, match="from_itda takes an ITDA, got Tensor"):
+        ITDASAE.from_itda(itda.atoms)
+    with pytest.raises(ValueError, match=r"k must be an int from 1 to 10, got 11"):
+        ITDASAEConfig(d_in=8, d_sae=10, k=11)
+    with pytest.raises(TypeError, match=r"k must be an int, got 2.5"):
+        ITDASAEConfig(d_in=8, d_sae=10, k=2.5)
+    with pytest.raises(TypeError, match="refit must be True or False"):
+        ITDASAEConfig(d_in=8, d_sae=10, k=2, refit="yes")

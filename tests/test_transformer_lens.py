@@ -314,6 +314,10 @@ def test_bad_input(model, dictionaries):
         splice.steer(itda.n_atoms, 1.0)
     with pytest.raises(IndexError, match=r"atoms \[-1\] are out of range"):
         splice.ablate(-1)
+    with pytest.raises(TypeError, match=r"atoms must be indices .*got 3.7 \(a float\)"):
+        splice.steer(3.7, 1.0)  # not atom 3
+    with pytest.raises(ValueError, match="scale must be a finite number, got nan"):
+        splice.steer(3, float("nan"))
     with pytest.raises(ValueError, match=r"not calibrated: call .calibrate\(tokens\)"):
         splice.steer(0, 1.0, relative=True)
     splice.detach()
