@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from itda_lens import pursuit
 from itda_lens.activations import ActivationSource
-from itda_lens.itda import GRAM_MAX_BYTES, ITDA, ITDAConfig, relative_error
+from itda_lens.itda import GRAM_MAX_BYTES, ITDA, MAX_CONFIG_BYTES, ITDAConfig, read_regular_file, relative_error
 from itda_lens.provenance import Provenance
 from itda_lens.text import TokenBatch
 
@@ -352,7 +352,7 @@ def _save_checkpoint(directory: Path, settings: dict, builders: dict[str, Dictio
 
 
 def _resume(directory: Path, settings: dict, builders: dict[str, DictionaryBuilder]) -> dict:
-    saved = json.loads((directory / STATE_FILE).read_text())
+    saved = json.loads(read_regular_file(directory / STATE_FILE, MAX_CONFIG_BYTES))
     differ = {key: value for key, value in json.loads(json.dumps(settings)).items() if saved["settings"].get(key) != value}
     if differ:
         was = ", ".join(f"{key}={saved['settings'].get(key)!r}" for key in differ)
