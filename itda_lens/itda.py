@@ -20,7 +20,8 @@ from jaxtyping import Float, Int
 from safetensors import SafetensorError
 from torch import Tensor, nn
 
-from itda_lens import checks, pursuit
+from itda_lens import checks, ops, pursuit
+from itda_lens.ops import GRAM_MAX_BYTES as GRAM_MAX_BYTES  # re-exported: the builder imports it from here
 from itda_lens.provenance import COLUMNS, Provenance
 
 #: The version :meth:`ITDA.save` writes. Version 2 added the ``sha256`` of the files
@@ -42,9 +43,6 @@ MAX_SAFETENSORS_HEADER = 1 << 20
 
 #: Float types a dictionary may hold, with their safetensors names.
 FLOAT_DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32", "float64": "F64"}
-
-#: Largest Gram matrix kept for the fast encoder; above it encoding uses ``dense`` MP.
-GRAM_MAX_BYTES = 2 << 30
 
 
 class FormatError(ValueError):
@@ -214,7 +212,7 @@ class ITDA(nn.Module):
     def gram(self) -> Float[Tensor, "n_atoms width"] | None:
         """The cached (padded) Gram matrix of the atoms, or ``None`` when it would exceed
         :data:`GRAM_MAX_BYTES` (then encoding uses dense matching pursuit)."""
-        if self.n_atoms * pursuit.padded_width(self.n_atoms) * self.atoms.element_size() > GRAM_MAX_BYTES:
+        if not ops.gram_fits(self.n_atoms, self.atoms.element_size()):
             return None
         if self._gram is None:
             self._gram = pursuit.gram_matrix(self.atoms)
@@ -241,11 +239,7 @@ class ITDA(nn.Module):
             raise TypeError(f"codes must be integer indices and float values, got {indices.dtype} and {values.dtype}.")
         if indices.shape != values.shape or indices.dim() == 0:
             raise ValueError(f"indices {tuple(indices.shape)} and values {tuple(values.shape)} must have one shape [..., k].")
-        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.n_atoms):
-            raise IndexError(
-                f"the codes hold atom indices outside 0 to {self.n_atoms - 1} (-1 marks a position nnsight "
-                "left unencoded: select the encoded positions first)."
-            )
+        ops.check_codes_indices(indices, self.n_atoms)
         return SparseCodes(indices.long(), values)
 
     def encode(self, x: Float[Tensor, "*batch d_model"], k: int | None = None) -> SparseCodes:
@@ -262,11 +256,8 @@ class ITDA(nn.Module):
         return SparseCodes(indices.reshape(shape), values.reshape(shape))
 
     def decode(self, codes: SparseCodes) -> Float[Tensor, "*batch d_model"]:
-        """The weighted sum of the coded atoms."""
-        indices, values = self._check_codes(codes)
-        k = indices.shape[-1]
-        out = pursuit.decode(indices.reshape(-1, k), values.reshape(-1, k), self.atoms)
-        return out.reshape(*indices.shape[:-1], self.d_model)
+        """The weighted sum of the coded atoms (:data:`~itda_lens.ops.NOT_ENCODED` slots add nothing)."""
+        return ops.decode(*self._check_codes(codes), self.atoms)
 
     def forward(self, x: Float[Tensor, "*batch d_model"], error_term: bool = False) -> Float[Tensor, "*batch d_model"]:
         """The reconstruction of ``x``; with ``error_term`` it is ``x`` exactly in value,
@@ -278,9 +269,7 @@ class ITDA(nn.Module):
 
     def dense(self, codes: SparseCodes) -> Float[Tensor, "*batch n_atoms"]:
         """Codes as a dense ``[..., n_atoms]`` tensor (only when you ask for it)."""
-        indices, values = self._check_codes(codes)
-        out = values.new_zeros(*indices.shape[:-1], self.n_atoms)
-        return out.scatter_add_(-1, indices, values)
+        return ops.dense(*self._check_codes(codes), self.n_atoms)
 
     # ---------------------------------------------------------------- storage
     def save(self, directory: str | Path) -> Path:

@@ -6,33 +6,35 @@ calls, ``run_with_cache``, ``run_with_hooks``, ``generate``) replaces the activa
 with what the dictionary makes of it, until :func:`detach` (or the end of a ``with``
 block). The model's own hook point then carries that replacement, and the dictionary
 adds hook points of its own, named ``<hook>.itda.<name>`` after the hook name you
-attached at (``blocks.15.hook_resid_post.itda.hook_values``)::
+attached at (``blocks.15.hook_resid_post.itda.hook_values``), with SAE Lens' names where
+SAE Lens has one::
 
-    hook_in       [batch, pos, d_model]  the activation entering the dictionary
-    hook_indices  [batch, pos, k]        the atoms of the sparse codes
-    hook_values   [batch, pos, k]        their coefficients
-    hook_dense    [batch, pos, n_atoms]  dense codes: only with ``dense_codes=True``,
-                                         and only built when a hook function is on it
-    hook_recon    [batch, pos, d_model]  the reconstruction decoded from the codes
-    hook_error    [batch, pos, d_model]  activation minus the reconstruction of the
-                                         unedited codes
-    hook_out      [batch, pos, d_model]  what the model receives: the reconstruction,
-                                         plus the error with ``error_term=True``
+    hook_sae_input      [batch, pos, d_model]  the activation entering the dictionary
+    hook_indices        [batch, pos, k]        the atoms of the sparse codes
+    hook_values         [batch, pos, k]        their coefficients
+    hook_sae_acts_post  [batch, pos, n_atoms]  dense codes: only with ``dense_codes=True``,
+                                               and only built when a hook function is on it
+    hook_sae_recons     [batch, pos, d_model]  the reconstruction decoded from the codes
+    hook_sae_error      [batch, pos, d_model]  activation minus the reconstruction of the
+                                               unedited codes
+    hook_sae_output     [batch, pos, d_model]  what the model receives: the reconstruction,
+                                               plus the error with ``error_term=True``
 
 With ``error_term=True`` the output equals the activation in value and the error is
 detached, so gradients reach the codes; with it off the model runs spliced, the model
 whose loss ``itda-lens eval`` reports.
 
 Positions holding an excluded token (BOS by default) are never encoded: the activation
-passes through unchanged, their codes are index 0 with coefficient 0 and their error 0.
+passes through unchanged, their codes are :data:`~itda_lens.ops.NOT_ENCODED` (-1) with
+coefficient 0 and their error 0.
 
 Edits to the codes (:meth:`AttachedITDA.ablate`, :meth:`~AttachedITDA.clamp`,
-:meth:`~AttachedITDA.steer`) are context managers. They apply before the dictionary's
-hook functions run, so a cache shows the codes the model used; the error stays that of
-the unedited codes. While an edit is active, a one-token forward pass that follows an
-earlier pass is taken as a token that ``generate`` added (it runs with its KV cache, the
-default): ``new_tokens`` decides whether it is edited. Any other pass is a prompt, where
-``positions`` apply.
+:meth:`~AttachedITDA.steer`) are context managers; :mod:`itda_lens.ops` applies them, as
+it does for nnsight. They apply before the dictionary's hook functions run, so a cache
+shows the codes the model used; the error stays that of the unedited codes. While an edit
+is active, a one-token forward pass that follows an earlier pass is taken as a token that
+``generate`` added (it runs with its KV cache, the default): ``positions="all"`` and
+``"new"`` edit it, positions given as ints or a mask do not.
 """
 
 from __future__ import annotations
@@ -48,8 +50,9 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from itda_lens import checks
+from itda_lens import checks, ops
 from itda_lens.itda import ITDA, SparseCodes
+from itda_lens.ops import Positions
 
 #: Name of the child module that holds an attached dictionary under its host hook point.
 CHILD_NAME = "itda"
@@ -57,19 +60,15 @@ CHILD_NAME = "itda"
 __all__ = [
     "AttachedITDA",
     "Attachments",
-    "Positions",
+    "Record",
     "attach",
     "attach_all",
     "attached",
     "attachments",
     "check_compatible",
-    "check_positions",
     "detach",
-    "position_mask",
     "replace_hook",
 ]
-
-Positions = None | int | Sequence[int] | slice | Tensor
 
 
 def check_compatible(model, itda: ITDA, hook: str) -> None:
@@ -90,9 +89,7 @@ def check_compatible(model, itda: ITDA, hook: str) -> None:
     checks.warn_if_elsewhere(itda.config.model, getattr(model.cfg, "model_name", None), built, hook, same_hook, stacklevel=3)
 
 
-def replace_hook(
-    replacement: Float[Tensor, "batch seq d_model"], mask: Bool[Tensor, "batch seq"]
-) -> Callable[[Tensor, object], Tensor]:
+def replace_hook(replacement: Float[Tensor, "batch seq d_model"], mask: Bool[Tensor, "batch seq"]) -> Callable[[Tensor, object], Tensor]:
     """A hook function that puts ``replacement`` in place of the activation at ``mask``."""
 
     def hook_fn(activation: Tensor, hook=None) -> Tensor:
@@ -102,77 +99,33 @@ def replace_hook(
     return hook_fn
 
 
-# --------------------------------------------------------------------------- positions
-def check_positions(positions: Positions) -> Positions:
-    """``positions`` if it is one of the kinds :func:`position_mask` takes, ints as a
-    list; a ``TypeError`` naming the kinds otherwise (``1.5`` is not position 1)."""
-    kinds = "None, an int, ints, a slice, an integer tensor or a bool mask"
-    if positions is None or isinstance(positions, slice):
-        return positions
-    if isinstance(positions, Tensor):
-        if positions.is_floating_point() or positions.is_complex():
-            raise TypeError(f"positions must be {kinds}; got a {positions.dtype} tensor.")
-        return positions if positions.dtype == torch.bool else positions.flatten().tolist()
-    if isinstance(positions, numbers.Integral) and not isinstance(positions, bool):
-        return [int(positions)]
-    if isinstance(positions, Iterable) and not isinstance(positions, (str, bytes)):
-        picks = list(positions)
-        if all(isinstance(p, numbers.Integral) and not isinstance(p, bool) for p in picks):
-            return [int(p) for p in picks]
-    raise TypeError(f"positions must be {kinds}; got {positions!r}.")
-
-
-def position_mask(positions: Positions, batch: int, seq: int, device: torch.device | str = "cpu") -> Bool[Tensor, "batch seq"]:
-    """``positions`` as a mask: ``None`` (all), an int or ints (negative count from the
-    end), a slice, or a bool tensor of shape ``[seq]`` or ``[batch, seq]``."""
-    positions = check_positions(positions)
-    if positions is None:
-        return torch.ones(batch, seq, dtype=torch.bool, device=device)
-    if isinstance(positions, Tensor):
-        if positions.shape not in ((seq,), (batch, seq)):
-            raise ValueError(f"a position mask must have shape [{seq}] or [{batch}, {seq}], got {tuple(positions.shape)}.")
-        return positions.to(device).expand(batch, seq).clone()
-    mask = torch.zeros(batch, seq, dtype=torch.bool, device=device)
-    if isinstance(positions, slice):
-        mask[:, positions] = True
-        return mask
-    picks = positions
-    bad = [p for p in picks if not -seq <= p < seq]
-    if bad:
-        raise IndexError(f"positions {bad} lie outside the sequence of {seq} positions.")
-    mask[:, picks] = True
-    return mask
-
-
 @dataclass(eq=False)
 class _Edit:
     """One change to the codes, applied on every forward pass while active."""
 
     kind: Literal["ablate", "clamp", "steer"]
     atoms: Int[Tensor, " m"]
-    amount: float
+    amounts: list[float]
     positions: Positions
-    new_tokens: bool
     forwards: int = 0
 
     def where(self, batch: int, seq: int, device: torch.device) -> Bool[Tensor, "batch seq"]:
         """The positions this forward pass edits. A one-token pass after an earlier
-        pass is a generated token (``generate`` with its KV cache): edited iff
-        ``new_tokens``. Any other pass is a prompt: ``positions`` apply."""
+        pass is a generated token (``generate`` with its KV cache)."""
         generated = seq == 1 and self.forwards > 0
         self.forwards += 1
-        if generated:
-            return torch.full((batch, seq), self.new_tokens, dtype=torch.bool, device=device)
-        return position_mask(self.positions, batch, seq, device)
+        return ops.position_mask(self.positions, batch, seq, generated=generated, device=device)
 
 
 @dataclass
-class _Record:
-    """What a forward pass used, kept for attribution."""
+class Record:
+    """What one forward pass of an :class:`AttachedITDA` used (see
+    :meth:`AttachedITDA.recording`); ``None`` until the pass has run. ``values`` and
+    ``error`` require grad when the pass ran with gradients enabled."""
 
-    indices: Int[Tensor, "batch seq k"]
-    values: Float[Tensor, "batch seq k"]
-    error: Float[Tensor, "batch seq d_model"] | None
+    indices: Int[Tensor, "batch pos k"] | None = None
+    values: Float[Tensor, "batch pos k"] | None = None
+    error: Float[Tensor, "batch pos d_model"] | None = None
 
 
 # --------------------------------------------------------------------------- the splice
@@ -189,14 +142,14 @@ class AttachedITDA(nn.Module):
         self.hook = hook
         self.error_term = error_term
         self.exclude_tokens = tuple(int(t) for t in exclude_tokens)
-        self.hook_in = _hook_point()
+        self.hook_sae_input = _hook_point()
         self.hook_indices = _hook_point()
         self.hook_values = _hook_point()
         if dense_codes:
-            self.hook_dense = _hook_point()
-        self.hook_recon = _hook_point()
-        self.hook_error = _hook_point()
-        self.hook_out = _hook_point()
+            self.hook_sae_acts_post = _hook_point()
+        self.hook_sae_recons = _hook_point()
+        self.hook_sae_error = _hook_point()
+        self.hook_sae_output = _hook_point()
         #: Mean |coefficient| of each atom where active, from :meth:`calibrate` (NaN: never active).
         self.typical_coefficients: Float[Tensor, " n_atoms"] | None = None
         self._edits: list[_Edit] = []
@@ -206,15 +159,14 @@ class AttachedITDA(nn.Module):
         self._embedded = False  # an embedding happened since the last pass
         self._warned_no_tokens = False
         self._stats: list[Tensor] | None = None
-        self._record: _Record | None = None
-        self._recording = False
+        self._record: Record | None = None
         self._handles: list = []
         self.__dict__["_model"] = None
 
     # ------------------------------------------------------------------ names
     @property
     def dense_codes(self) -> bool:
-        return hasattr(self, "hook_dense")
+        return hasattr(self, "hook_sae_acts_post")
 
     def hook_points(self) -> dict[str, nn.Module]:
         """The dictionary's hook points by full name."""
@@ -232,44 +184,65 @@ class AttachedITDA(nn.Module):
         """The activation as the model receives it with the dictionary in place."""
         if x.dim() != 3:
             raise ValueError(f"the dictionary at {self.hook} expects activations [batch, pos, d_model], got shape {tuple(x.shape)}.")
-        x = self.hook_in(x)
+        x = self.hook_sae_input(x)
         itda = self._dictionary_on(x.device)
         keep = self._encoded_positions(x)
         self._embedded = False  # used up: a later pass without token ids must not see these
-        if self._recording and torch.is_grad_enabled() and not x.requires_grad:
+        record = self._record
+        gradients = record is not None and torch.is_grad_enabled()
+        if gradients and not x.requires_grad:
             x = x.detach().requires_grad_(True)
-        batch, seq, _ = x.shape
         codes = itda.encode(x[keep])
-        k = codes.indices.shape[-1]
-        indices = torch.zeros(batch, seq, k, dtype=torch.long, device=x.device)
-        values = torch.zeros(batch, seq, k, dtype=codes.values.dtype, device=x.device)
-        indices[keep] = codes.indices
-        values = values.index_put((*keep.nonzero().T,), codes.values)
+        indices, values = ops.scatter_codes(codes.indices, codes.values, keep)
         with torch.no_grad():
-            clean_recon = itda.decode(SparseCodes(indices, values.detach())).to(x.dtype)
-            error = torch.where(keep[..., None], x.detach() - clean_recon, 0.0)
+            error = ops.reconstruction_error(x, itda.decode(SparseCodes(indices, values.detach())), keep)
         if self._stats is not None:
-            self._count(indices[keep], values[keep].detach())
-        if self._edits:
-            indices, values = self._edit(indices, values, keep)
+            ops.count_coefficients(indices[keep], values[keep], *self._stats)
+        batch, seq, _ = x.shape
+        for edit in self._edits:
+            where = edit.where(batch, seq, indices.device) & keep
+            indices, values = ops.edit_codes(indices, values, edit.kind, edit.atoms, edit.amounts, where)
         indices = self.hook_indices(indices)
         values = self.hook_values(values)
-        if self.dense_codes and self.hook_dense.fwd_hooks:
-            dense = self.hook_dense(itda.dense(SparseCodes(indices, values)))
+        if self.dense_codes and self.hook_sae_acts_post.fwd_hooks:
+            dense = self.hook_sae_acts_post(itda.dense(SparseCodes(indices, values)))
             recon = (dense.to(itda.atoms.dtype) @ itda.atoms).to(x.dtype)
         else:
             recon = itda.decode(SparseCodes(indices, values)).to(x.dtype)
-        recon = self.hook_recon(torch.where(keep[..., None], recon, x))
-        error = self.hook_error(error)
+        recon = self.hook_sae_recons(ops.splice(x, recon, keep))
+        error = self.hook_sae_error(error)
         error_used = None
         if self.error_term:
-            error_used = error.detach().requires_grad_(True) if self._recording and torch.is_grad_enabled() else error.detach()
-            out = recon + error_used
-        else:
-            out = recon
-        if self._recording:
-            self._record = _Record(indices, values, error_used)
-        return self.hook_out(out)
+            error_used = error.detach().requires_grad_(gradients)
+        if record is not None:
+            record.indices, record.values, record.error = indices, values, error_used
+        return self.hook_sae_output(recon if error_used is None else recon + error_used)
+
+    @contextmanager
+    def recording(self) -> Iterator[Record]:
+        """Inside the ``with`` block, the next forward pass fills the :class:`Record` it
+        yields; with gradients enabled its ``values`` (and ``error``, with the error term)
+        are leaves of the graph to the model's output, for attribution."""
+        if self._record is not None:
+            raise RuntimeError(f"the dictionary at {self.hook} is already recording; leave that with block first.")
+        self._record = Record()
+        try:
+            yield self._record
+        finally:
+            self._record = None
+
+    @torch.no_grad()
+    def encode(self, text: Tensor | str | list[str]) -> SparseCodes:
+        """The codes of the model's activations on ``text`` (token ids ``[batch, pos]`` or
+        strings, tokenized with BOS as ``model.to_tokens`` does), ``[batch, pos, k]``;
+        edits active now are applied."""
+        model = self._model_or_raise()
+        (tokens,) = _token_tensors(model, text)
+        with self.recording() as record:
+            model(tokens.to(next(model.parameters()).device))
+        if record.indices is None:
+            raise RuntimeError(f"the dictionary at {self.hook} did not run in this forward pass.")
+        return SparseCodes(record.indices, record.values)
 
     def _dictionary_on(self, device: torch.device) -> ITDA:
         if self.itda.atoms.device != device:
@@ -310,12 +283,6 @@ class AttachedITDA(nn.Module):
         """``atoms`` as indices of this dictionary, checked (see :func:`itda_lens.checks.atom_indices`)."""
         return checks.atom_indices(atoms, self.itda.n_atoms, where=f" at {self.hook}")
 
-    def _one_atom(self, atom: int | Tensor, verb: str) -> Int[Tensor, " 1"]:
-        atoms = self.atom_indices(atom)
-        if len(atoms) != 1:
-            raise ValueError(f"{verb} takes one atom, got {atoms.tolist()}.")
-        return atoms
-
     @contextmanager
     def _editing(self, edit: _Edit) -> Iterator[AttachedITDA]:
         self._edits.append(edit)
@@ -324,64 +291,30 @@ class AttachedITDA(nn.Module):
         finally:
             self._edits.remove(edit)
 
-    def ablate(self, atoms: int | Sequence[int] | Tensor, positions: Positions = None) -> AbstractContextManager[AttachedITDA]:
+    def ablate(self, atoms: int | Sequence[int] | Tensor, positions: Positions = ops.ALL) -> AbstractContextManager[AttachedITDA]:
         """Inside the ``with`` block, ``atoms`` get coefficient 0 at ``positions``
-        (default: every position)."""
-        return self._editing(_Edit("ablate", self.atom_indices(atoms), 0.0, check_positions(positions), new_tokens=True))
+        (see :func:`itda_lens.ops.position_mask`)."""
+        return self._editing(_Edit("ablate", self.atom_indices(atoms), [], ops.check_positions(positions)))
 
-    def clamp(self, atom: int, value: float, positions: Positions = None, new_tokens: bool = True) -> AbstractContextManager[AttachedITDA]:
+    def clamp(self, atom: int, value: float, positions: Positions = ops.ALL) -> AbstractContextManager[AttachedITDA]:
         """Inside the ``with`` block, ``atom``'s coefficient is ``value`` at ``positions``
-        (added there when the codes lack it); ``new_tokens``: also on tokens ``generate``
-        adds."""
-        atoms, value = self._one_atom(atom, "clamp"), checks.number(value, "value")
-        return self._editing(_Edit("clamp", atoms, value, check_positions(positions), checks.flag(new_tokens, "new_tokens")))
+        (added there when the codes lack it)."""
+        atoms = self.atom_indices(atom)
+        if len(atoms) != 1:
+            raise ValueError(f"clamp takes one atom, got {atoms.tolist()}.")
+        return self._editing(_Edit("clamp", atoms, [checks.number(value, "value")], ops.check_positions(positions)))
 
     def steer(
-        self, atom: int, scale: float, *, relative: bool = False, positions: Positions = None, new_tokens: bool = True
+        self, atoms: int | Sequence[int] | Tensor, scale: float | Sequence[float], positions: Positions = ops.ALL, *, relative: bool = False
     ) -> AbstractContextManager[AttachedITDA]:
-        """Inside the ``with`` block, add ``scale`` times ``atom``'s direction at
-        ``positions`` (default: every prompt position), and with ``new_tokens`` on every
-        token ``generate`` adds. ``relative``: ``scale`` is in units of the atom's typical
-        coefficient (see :meth:`calibrate`)."""
-        atoms, amount = self._one_atom(atom, "steer"), checks.number(scale, "scale")
-        if checks.flag(relative, "relative"):
-            amount *= self.typical_coefficient(int(atoms[0]))
-        return self._editing(_Edit("steer", atoms, amount, check_positions(positions), checks.flag(new_tokens, "new_tokens")))
-
-    def typical_coefficient(self, atom: int) -> float:
-        """Mean |coefficient| of ``atom`` where it was active during :meth:`calibrate`."""
-        atom = int(self._one_atom(atom, "typical_coefficient")[0])
-        if self.typical_coefficients is None:
-            raise ValueError(
-                f"the dictionary at {self.hook} is not calibrated: call .calibrate(tokens) first, or steer with an absolute scale."
-            )
-        typical = float(self.typical_coefficients[atom])
-        if typical != typical:
-            raise ValueError(
-                f"atom {atom} was never active in the calibration text: calibrate on more text or steer with an absolute scale."
-            )
-        return typical
-
-    def _edit(self, indices: Tensor, values: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
-        batch, seq, _ = indices.shape
-        for edit in self._edits:
-            where = edit.where(batch, seq, indices.device) & keep
-            atoms = edit.atoms.to(indices.device)
-            if edit.kind in ("ablate", "clamp"):
-                values = values.masked_fill(torch.isin(indices, atoms) & where[..., None], 0.0)
-            if edit.kind in ("clamp", "steer"):
-                extra = (where * edit.amount).to(values.dtype)[..., None]
-                indices = torch.cat([indices, atoms.expand(batch, seq, 1)], dim=-1)
-                values = torch.cat([values, extra], dim=-1)
-        return indices, values
+        """Inside the ``with`` block, add ``scale`` (one number, or one per atom) times
+        each atom's direction at ``positions``. ``relative``: ``scale`` is in units of each
+        atom's typical coefficient (see :meth:`calibrate`)."""
+        atoms = self.atom_indices(atoms)
+        amounts = ops.amounts(atoms, scale, relative, self.typical_coefficients, where=f" at {self.hook}")
+        return self._editing(_Edit("steer", atoms, amounts, ops.check_positions(positions)))
 
     # ------------------------------------------------------------------ statistics
-    def _count(self, indices: Int[Tensor, "n k"], values: Float[Tensor, "n k"]) -> None:
-        active = values != 0
-        sums, counts = self._stats
-        sums.index_add_(0, indices[active].to(sums.device), values[active].abs().to(sums))
-        counts.index_add_(0, indices[active].to(counts.device), torch.ones_like(values[active], dtype=counts.dtype).to(counts.device))
-
     @torch.no_grad()
     def calibrate(self, text: Tensor | str | list[str] | Iterable) -> Float[Tensor, " n_atoms"]:
         """Run the model on ``text`` (token ids ``[batch, pos]``, strings, or
@@ -397,7 +330,7 @@ class AttachedITDA(nn.Module):
             sums, counts = self._stats
         finally:
             self._stats = None
-        self.typical_coefficients = torch.where(counts > 0, sums / counts.clamp_min(1), float("nan")).float()
+        self.typical_coefficients = ops.typical_coefficients(sums, counts)
         return self.typical_coefficients
 
     # ------------------------------------------------------------------ lifetime
@@ -465,7 +398,7 @@ def attach(
 
     It stays until :func:`detach` or the end of ``with attach(...)``; ``reset_hooks``
     does not remove it. ``exclude_tokens`` are token ids whose positions are left alone
-    (default: the tokenizer's BOS). ``dense_codes`` adds the ``hook_dense`` hook point.
+    (default: the tokenizer's BOS). ``dense_codes`` adds the ``hook_sae_acts_post`` hook point.
     The dictionary moves to the activations' device on first use.
     """
     if not isinstance(itda, ITDA):
@@ -482,9 +415,7 @@ def attach(
     existing = host._modules.get(CHILD_NAME)
     if existing is not None:
         same = "" if existing.hook == hook else f" (attached as {existing.hook!r}, the same hook point)"
-        raise ValueError(
-            f"a dictionary is already attached at {hook!r}{same}; detach it first: detach(model, {existing.hook!r})."
-        )
+        raise ValueError(f"a dictionary is already attached at {hook!r}{same}; detach it first: detach(model, {existing.hook!r}).")
     if exclude_tokens is None:
         tokenizer = getattr(model, "tokenizer", None)
         bos = getattr(tokenizer, "bos_token_id", None)
