@@ -1,23 +1,32 @@
 """ITDA dictionaries inside nnsight traces (``trace``, ``generate``, ``session``), local
-or on NDIF.
+or on NDIF: the verbs of :mod:`itda_lens.transformer_lens`, with the same names,
+parameters and meaning (``docs/api/verbs.md`` sets them side by side).
 
 Inside a trace, the functions here take a module's envoy (``lm.model.layers[15]``) and
 a :class:`Payload`, the part of a dictionary that travels with the request::
 
     import itda_lens.nnsight as itn
 
+    prompt = itn.tokenize(lm, "The capital of France is")   # BOS + text, and the mask
     dictionary = itn.payload(itda, dtype=lm.dtype)          # every atom: to encode
-    with lm.trace(ids, attention_mask=attention, remote="local"):
-        codes = itn.splice(lm.model.layers[15], dictionary, mask=mask)
+    with lm.trace(prompt.input_ids, attention_mask=prompt.attention_mask, remote="local"):
+        codes = itn.splice(lm.model.layers[15], dictionary, mask=prompt.mask)
         nnsight.save(codes)
         logits = lm.output.logits.save()
 
-:func:`encode` decomposes a module's output, :func:`splice` puts the reconstruction
-in its place (with or without the error term), :func:`ablate` removes atoms,
-:func:`steer` adds atoms (the payload may hold only those atoms), and
-:func:`attribute` turns a metric's gradient into per-atom attributions. Codes come
-back as ``(indices, values)`` of shape ``[batch, seq, k]``; positions outside ``mask``
-are not encoded and have index -1 and value 0.
+:func:`encode` decomposes a module's output, :func:`splice` puts the reconstruction in its
+place (with or without the error term), :func:`ablate`, :func:`clamp` and :func:`steer`
+edit the codes (a steer with ``error_term=True`` needs only the atoms it adds). ``mask``
+gives the positions that are encoded (``tokenize`` excludes BOS and padding, as
+TransformerLens does); ``positions`` the ones an edit touches (``"all"``, ``"new"``,
+ints or a bool mask; a one-position forward, as ``generate`` makes for each new token,
+counts as a new token). Codes come back as ``(indices, values)`` of shape
+``[batch, seq, k]``, with :data:`~itda_lens.ops.NOT_ENCODED` (-1) and 0 where not encoded.
+
+On the client, :func:`calibrate`, :func:`attribute` and :func:`measure_ablations` run
+whole traces on strings or token ids and return what their TransformerLens namesakes
+return (typical coefficients, an :class:`~itda_lens.attribution.Attribution`, measured
+effects), with ``remote=`` passed to each trace.
 
 Arguments are checked as the TransformerLens verbs check them (:mod:`itda_lens.checks`):
 atom indices must be integers, scales finite numbers, masks bool; NaN or inf
@@ -25,8 +34,8 @@ activations raise; a module other than the one the dictionary was built at (anot
 layer, an MLP output instead of the residual stream) gets the warning
 :func:`~itda_lens.transformer_lens.attach` gives, once per payload and module.
 
-Remote safety: what runs inside a trace uses only torch and the standard library (and,
-for encoding on the CPU, numba where it is installed).
+Remote safety: what runs inside a trace uses only torch and the standard library
+(:mod:`itda_lens.ops`, and, for encoding on the CPU, numba where it is installed).
 Importing this module registers ``itda_lens`` with ``nnsight.register`` so these
 functions are shipped by value to a server that lacks itda-lens. Never reference an
 :class:`~itda_lens.ITDA` inside a trace: it needs packages NDIF lacks; pass
@@ -42,7 +51,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import nnsight
 import torch
@@ -54,17 +63,29 @@ from itda_lens.checks import flag as _flag
 from itda_lens.checks import integer as _integer
 from itda_lens.checks import number as _number
 from itda_lens.checks import warn_if_elsewhere as _warn_if_elsewhere
-from itda_lens.itda import FLOAT_DTYPES, GRAM_MAX_BYTES
+from itda_lens.itda import FLOAT_DTYPES
 from itda_lens.names import LAYOUTS as _LAYOUTS
 from itda_lens.names import hook_name as _hook_name
 from itda_lens.names import to_module_path as _to_module_path
-from itda_lens.pursuit import decode as _decode_kernel
+from itda_lens.ops import ALL as _ALL
+from itda_lens.ops import amounts as _amounts
+from itda_lens.ops import decode as _decode_codes
+from itda_lens.ops import edit_codes as _edit_codes
+from itda_lens.ops import gradient_x_ablation as _gradient_x_ablation
+from itda_lens.ops import gram_fits as _gram_fits
+from itda_lens.ops import position_mask as _position_mask
+from itda_lens.ops import reconstruction_error as _reconstruction_error
+from itda_lens.ops import scatter_codes as _scatter_codes
+from itda_lens.ops import splice as _splice_output
 from itda_lens.pursuit import gram_matrix as _gram_matrix
 from itda_lens.pursuit import pursuit as _pursuit
 
 if TYPE_CHECKING:
     from jaxtyping import Bool, Float, Int
     from torch import Tensor
+
+    from itda_lens.attribution import Attribution, Metric
+    from itda_lens.ops import Positions
 
 # Ship itda_lens by value: NDIF does not have it installed.
 nnsight.register("itda_lens")
@@ -79,7 +100,8 @@ class Payload:
     """Atoms of a dictionary, in the dtype they travel in, with what encoding needs.
 
     ``ids[i]`` is the dictionary index of ``atoms[i]``. A complete payload (every atom)
-    can encode, splice, ablate and attribute; one with chosen atoms can only steer.
+    can encode, splice, ablate, clamp and steer; one with chosen atoms can only steer
+    with ``error_term=True``.
     ``hook`` and ``model`` say where the dictionary was built.
     """
 
@@ -92,6 +114,7 @@ class Payload:
         refit: bool = True,
         hook: str | None = None,
         model: str | None = None,
+        typical: Float[Tensor, " n"] | None = None,
     ):
         self.atoms = atoms
         self.ids = list(ids)
@@ -100,6 +123,8 @@ class Payload:
         self.refit = _flag(refit, "refit")
         self.hook = hook
         self.model = model
+        #: Typical coefficient of each of ``atoms`` (from :func:`calibrate`), for relative steering.
+        self.typical = typical
         self._prepared: dict[str, Any] = {}
         self._warned: set[str] = set()  # modules already warned about
 
@@ -135,9 +160,11 @@ def payload(
     atoms: Sequence[int] | None = None,
     dtype: torch.dtype | str | None = None,
     max_bytes: int | None = None,
+    typical_coefficients: Float[Tensor, " n_atoms"] | None = None,
 ) -> Payload:
     """What of ``itda`` a trace needs: every atom (default), or only ``atoms`` (for
-    :func:`steer`), cast to ``dtype`` (pass the model's, e.g. ``lm.dtype``).
+    :func:`steer`), cast to ``dtype`` (pass the model's, e.g. ``lm.dtype``), with
+    ``typical_coefficients`` from :func:`calibrate` for ``steer(..., relative=True)``.
 
     Raises :class:`PayloadTooLarge` when the atoms exceed ``max_bytes``.
     """
@@ -157,7 +184,12 @@ def payload(
     rows = itda.atoms.detach() if atoms is None else itda.atoms.detach()[ids]
     # A fresh contiguous copy: a view would ship the storage of the whole dictionary.
     shipped = rows.to("cpu", dtype).contiguous().clone()
-    result = Payload(shipped, ids, n_atoms, itda.config.k, itda.config.refit, itda.config.hook, itda.config.model)
+    typical = None
+    if typical_coefficients is not None:
+        if not isinstance(typical_coefficients, torch.Tensor) or tuple(typical_coefficients.shape) != (n_atoms,):
+            raise ValueError(f"typical_coefficients must be a tensor [{n_atoms}] as calibrate returns it.")
+        typical = typical_coefficients.detach().to("cpu", torch.float32)[ids].clone()
+    result = Payload(shipped, ids, n_atoms, itda.config.k, itda.config.refit, itda.config.hook, itda.config.model, typical)
     if max_bytes is not None and result.nbytes > max_bytes:
         raise PayloadTooLarge(
             f"the payload is {result.nbytes:,} bytes ({len(ids)} atoms x d_model {result.d_model} x "
@@ -197,14 +229,10 @@ def token_mask(
 
 def _check_payload(dictionary: Any, needs_every_atom: bool) -> None:
     if type(dictionary).__name__ != "Payload":
-        raise TypeError(
-            f"pass itda_lens.nnsight.payload(itda) into a trace, not a {type(dictionary).__name__}: "
-            "an ITDA needs packages the NDIF server lacks."
-        )
+        raise TypeError(f"pass itda_lens.nnsight.payload(itda) into a trace, not a {type(dictionary).__name__}: an ITDA needs packages the NDIF server lacks.")
     if needs_every_atom and not dictionary.complete:
         raise ValueError(
-            f"encoding needs every atom, but this payload holds {len(dictionary.ids)} of {dictionary.n_atoms}: "
-            "make it with payload(itda) (no atoms=)."
+            f"encoding needs every atom, but this payload holds {len(dictionary.ids)} of {dictionary.n_atoms}: make it with payload(itda) (no atoms=)."
         )
 
 
@@ -265,7 +293,7 @@ def _prepared(dictionary: Any, device: torch.device) -> tuple[Tensor, Tensor | N
     key = str(device)
     if key not in dictionary._prepared:
         atoms = dictionary.atoms.to(device, torch.float32)
-        gram = _gram_matrix(atoms) if atoms.shape[0] ** 2 * 4 <= GRAM_MAX_BYTES else None
+        gram = _gram_matrix(atoms) if _gram_fits(atoms.shape[0], atoms.element_size()) else None
         dictionary._prepared[key] = (atoms, gram)
     return dictionary._prepared[key]
 
@@ -281,19 +309,13 @@ def _encode_rows(dictionary: Any, rows: Float[Tensor, "n d_model"]) -> tuple[Ten
         return _pursuit(rows, atoms, dictionary.k, gram=gram, refit=dictionary.refit)
 
 
-def _scatter_codes(
-    rows: tuple[Tensor, Tensor], mask: Bool[Tensor, "batch seq"], k: int
-) -> tuple[Int[Tensor, "batch seq k"], Float[Tensor, "batch seq k"]]:
-    indices = torch.full((*mask.shape, k), -1, dtype=torch.long, device=mask.device)
-    values = torch.zeros((*mask.shape, k), dtype=rows[1].dtype, device=mask.device)
-    indices[mask] = rows[0]
-    values[mask] = rows[1]
-    return indices, values
-
-
 def _decode(dictionary: Any, indices: Tensor, values: Tensor) -> Tensor:
     atoms, _ = _prepared(dictionary, values.device)
-    return _decode_kernel(indices, values, atoms)
+    return _decode_codes(indices, values, atoms)
+
+
+def _codes(dictionary: Any, x: Tensor, encoded: Tensor) -> tuple[Tensor, Tensor]:
+    return _scatter_codes(*_encode_rows(dictionary, x[encoded]), encoded)
 
 
 def encode(
@@ -302,24 +324,29 @@ def encode(
     """The codes of ``module``'s output at ``mask`` (default: every position).
 
     With ``differentiable`` the values are leaves that require grad, spliced back into
-    the output (which keeps its value up to float rounding) so that a later metric's
-    gradient reaches them; pass the codes to :func:`attribute`.
+    the output with the error term (which keeps its value up to float rounding) so that
+    a later metric's gradient reaches them.
     """
     _check_payload(dictionary, needs_every_atom=True)
-    differentiable = _flag(differentiable, "differentiable")
-    output, x, positions = _module_output(module, dictionary, mask)
-    rows = x[positions]
-    indices, values = _scatter_codes(_encode_rows(dictionary, rows), positions, dictionary.k)
-    if not differentiable:
-        return indices, values
-    values = values.detach().requires_grad_(True)
-    chosen, coefficients = indices[positions], values[positions]
-    reconstruction = _decode(dictionary, chosen, coefficients)
-    rows_new = rows.detach() - reconstruction.detach().to(x.dtype) + reconstruction.to(x.dtype)
-    x_new = x.detach().clone()
-    x_new[positions] = rows_new
-    module.output = with_hidden_states(output, x_new)
+    if not _flag(differentiable, "differentiable"):
+        _, x, encoded = _module_output(module, dictionary, mask)
+        return _codes(dictionary, x, encoded)
+    indices, values, _ = _differentiable_splice(module, dictionary, mask, error_term=True)
     return indices, values
+
+
+def _differentiable_splice(module: Any, dictionary: Payload, mask: Tensor | None, error_term: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Splice with the codes' values (and the error term, when used) as leaves that
+    require grad; returns the codes and the error leaf."""
+    output, x, encoded = _module_output(module, dictionary, mask)
+    indices, values = _codes(dictionary, x, encoded)
+    values = values.detach().requires_grad_(True)
+    reconstruction = _decode(dictionary, indices, values).to(x.dtype)
+    error = None
+    if error_term:
+        error = _reconstruction_error(x, reconstruction, encoded).requires_grad_(True)
+    module.output = with_hidden_states(output, _splice_output(x.detach(), reconstruction, encoded, error))
+    return indices, values, error
 
 
 def splice(
@@ -332,84 +359,273 @@ def splice(
     """
     _check_payload(dictionary, needs_every_atom=True)
     error_term = _flag(error_term, "error_term")
-    output, x, positions = _module_output(module, dictionary, mask)
-    rows = x[positions]
-    indices, values = _encode_rows(dictionary, rows)
-    reconstruction = _decode(dictionary, indices, values).to(x.dtype)
-    if error_term:
-        reconstruction = reconstruction + (rows - reconstruction).detach()
-    x_new = x.clone()
-    x_new[positions] = reconstruction
-    module.output = with_hidden_states(output, x_new)
-    return _scatter_codes((indices, values), positions, dictionary.k)
+    output, x, encoded = _module_output(module, dictionary, mask)
+    indices, values = _codes(dictionary, x, encoded)
+    reconstruction = _decode(dictionary, indices, values)
+    error = _reconstruction_error(x, reconstruction, encoded) if error_term else None
+    module.output = with_hidden_states(output, _splice_output(x, reconstruction, encoded, error))
+    return indices, values
+
+
+def _edit(
+    module: Any, dictionary: Payload, kind: str, atoms: Tensor, amounts: list[float], positions: Any, mask: Tensor | None, error_term: bool
+) -> tuple[Tensor, Tensor]:
+    """Splice with ``atoms`` edited (see :func:`itda_lens.ops.edit_codes`) at ``positions``;
+    returns the edited codes."""
+    _check_payload(dictionary, needs_every_atom=True)
+    error_term = _flag(error_term, "error_term")
+    output, x, encoded = _module_output(module, dictionary, mask)
+    indices, values = _codes(dictionary, x, encoded)
+    batch, seq = encoded.shape
+    where = _position_mask(positions, batch, seq, generated=seq == 1, device=x.device) & encoded
+    edited = _edit_codes(indices, values, kind, atoms, amounts, where)
+    error = _reconstruction_error(x, _decode(dictionary, indices, values), encoded) if error_term else None
+    module.output = with_hidden_states(output, _splice_output(x, _decode(dictionary, *edited), encoded, error))
+    return edited
 
 
 def ablate(
-    module: Any, dictionary: Payload, atoms: Sequence[int], mask: Bool[Tensor, "batch seq"] | None = None
+    module: Any,
+    dictionary: Payload,
+    atoms: int | Sequence[int],
+    positions: Positions = _ALL,
+    *,
+    mask: Bool[Tensor, "batch seq"] | None = None,
+    error_term: bool = False,
 ) -> tuple[Int[Tensor, "batch seq k"], Float[Tensor, "batch seq k"]]:
-    """Remove ``atoms`` from ``module``'s output where they are active: subtract each
-    one's coefficient times its direction, leaving every other position as it was.
-    Returns the codes before the ablation."""
-    _check_payload(dictionary, needs_every_atom=True)
-    atoms = _atom_indices(atoms, dictionary.n_atoms).tolist()
-    output, x, positions = _module_output(module, dictionary, mask)
-    indices, values = _scatter_codes(_encode_rows(dictionary, x[positions]), positions, dictionary.k)
-    removed = torch.isin(indices, torch.as_tensor(atoms, dtype=torch.long, device=indices.device))
-    active = removed.any(dim=-1)
-    delta = _decode(dictionary, indices[active], values[active] * removed[active])
-    x_new = x.clone()
-    x_new[active] = x[active] - delta.to(x.dtype)
-    module.output = with_hidden_states(output, x_new)
-    return indices, values
+    """Splice ``module``'s output with ``atoms``' coefficients set to 0 at ``positions``;
+    with ``error_term`` every other part of the output stays as it was. Returns the
+    codes the model used."""
+    atoms = _atom_indices(atoms, dictionary.n_atoms)
+    return _edit(module, dictionary, "ablate", atoms, [], positions, mask, error_term)
+
+
+def clamp(
+    module: Any,
+    dictionary: Payload,
+    atom: int,
+    value: float,
+    positions: Positions = _ALL,
+    *,
+    mask: Bool[Tensor, "batch seq"] | None = None,
+    error_term: bool = False,
+) -> tuple[Int[Tensor, "batch seq k"], Float[Tensor, "batch seq k"]]:
+    """Splice ``module``'s output with ``atom``'s coefficient set to ``value`` at
+    ``positions`` (added there when the codes lack it). Returns the codes the model used."""
+    atoms = _atom_indices(atom, dictionary.n_atoms)
+    if len(atoms) != 1:
+        raise ValueError(f"clamp takes one atom, got {atoms.tolist()}.")
+    return _edit(module, dictionary, "clamp", atoms, [_number(value, "value")], positions, mask, error_term)
 
 
 def steer(
     module: Any,
     dictionary: Payload,
-    atoms: Sequence[int],
+    atoms: int | Sequence[int],
     scale: float | Sequence[float],
+    positions: Positions = _ALL,
+    *,
+    relative: bool = False,
     mask: Bool[Tensor, "batch seq"] | None = None,
+    error_term: bool = False,
 ) -> None:
-    """Add ``scale`` times each atom's unit direction to ``module``'s output at ``mask``
-    (default: every position of every forward the trace sees). ``atoms`` are indices
-    in the full dictionary; the payload needs to hold only them."""
+    """Add ``scale`` (one number, or one per atom) times each atom's direction at
+    ``positions``; ``relative``: in units of each atom's typical coefficient (the
+    payload's, from :func:`calibrate`). Without ``error_term`` the output is spliced
+    first (a complete payload); with it the atoms are added to the output as it is,
+    and the payload needs to hold only them."""
     _check_payload(dictionary, needs_every_atom=False)
-    atoms = _atom_indices(atoms, dictionary.n_atoms).tolist()
-    where = {atom: row for row, atom in enumerate(dictionary.ids)}
-    missing = [atom for atom in atoms if atom not in where]
+    atoms = _atom_indices(atoms, dictionary.n_atoms)
+    rows = {atom: row for row, atom in enumerate(dictionary.ids)}
+    missing = [atom for atom in atoms.tolist() if atom not in rows]
     if missing:
-        raise ValueError(f"atoms {missing} are not in the payload; make it with payload(itda, atoms={atoms}).")
-    if isinstance(scale, torch.Tensor) and scale.numel() != 1:
-        scale = scale.flatten().tolist()
-    if isinstance(scale, Sequence) and not isinstance(scale, str):
-        scales = [_number(s, "scale") for s in scale]
-    else:
-        scales = [_number(scale, "scale")] * len(atoms)
-    if len(scales) != len(atoms):
-        raise ValueError(f"{len(scales)} scales for {len(atoms)} atoms.")
-    output, x, positions = _module_output(module, dictionary, mask)
+        raise ValueError(f"atoms {missing} are not in the payload; make it with payload(itda, atoms={atoms.tolist()}).")
+    typical = None
+    if dictionary.typical is not None:
+        typical = torch.full((dictionary.n_atoms,), float("nan"))
+        typical[torch.as_tensor(dictionary.ids)] = dictionary.typical
+    amounts = _amounts(atoms, scale, relative, typical)
+    if not _flag(error_term, "error_term"):
+        if not dictionary.complete:
+            raise ValueError(
+                "steer without the error term splices the dictionary, which needs every atom: make the payload with "
+                "payload(itda), or pass error_term=True to add the atoms to the output as it is."
+            )
+        _edit(module, dictionary, "steer", atoms, amounts, positions, mask, error_term=False)
+        return
+    output, x, encoded = _module_output(module, dictionary, mask)
+    batch, seq = encoded.shape
+    where = _position_mask(positions, batch, seq, generated=seq == 1, device=x.device) & encoded
     directions, _ = _prepared(dictionary, x.device)
-    rows = torch.as_tensor([where[atom] for atom in atoms], dtype=torch.long, device=x.device)
-    weights = torch.as_tensor(scales, dtype=torch.float32, device=x.device)
-    vector = (weights[:, None] * directions[rows]).sum(dim=0).to(x.dtype)
-    module.output = with_hidden_states(output, torch.where(positions[..., None], x + vector, x))
+    picked = torch.as_tensor([rows[atom] for atom in atoms.tolist()], dtype=torch.long, device=x.device)
+    weights = torch.as_tensor(amounts, dtype=torch.float32, device=x.device)
+    vector = (weights[:, None] * directions[picked]).sum(dim=0).to(x.dtype)
+    module.output = with_hidden_states(output, torch.where(where[..., None], x + vector, x))
+
+
+def _attribution_in_trace(
+    lm: Any, module: Any, dictionary: Payload, mask: Tensor, metric: Callable, error_term: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+    """Inside a trace: the codes, the metric and the attribution of each code (and of
+    the error term per position)."""
+    indices, values, error = _differentiable_splice(module, dictionary, mask, error_term)
+    value = metric(lm.output.logits)
+    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        raise ValueError(f"the metric must return a scalar tensor, got {getattr(value, 'shape', value)!r}.")
+    value = value.reshape(())
+    leaves = [values] if error is None else [values, error]
+    grads = torch.autograd.grad(value, leaves, allow_unused=True)
+    scores = _gradient_x_ablation(grads[0], values.detach())
+    error_scores = None if error is None else _gradient_x_ablation(grads[1], error.detach()).sum(-1)
+    return indices, values.detach(), scores.detach(), value.detach(), error_scores
+
+
+# ------------------------------------------------------------------ whole traces (client)
+class Prompts(NamedTuple):
+    """Token ids as TransformerLens makes them (BOS, then the text; left-padded), their
+    attention mask, and ``mask``: the positions to encode (neither BOS nor padding)."""
+
+    input_ids: Int[Tensor, "batch seq"]
+    attention_mask: Int[Tensor, "batch seq"]
+    mask: Bool[Tensor, "batch seq"]
+
+
+def tokenize(lm: Any, text: str | Sequence[str] | Tensor | Prompts) -> Prompts:
+    """``text`` (a string, strings, or token ids ``[batch, seq]`` that start with BOS)
+    as :class:`Prompts` for ``lm``'s tokenizer."""
+    if isinstance(text, Prompts):
+        return text
+    tokenizer = lm.tokenizer
+    bos = tokenizer.bos_token_id
+    if isinstance(text, torch.Tensor):
+        if text.dim() != 2 or text.is_floating_point() or text.dtype == torch.bool:
+            raise ValueError("token ids must be an integer tensor [batch, seq].")
+        attention = torch.ones_like(text)
+        return Prompts(text, attention, token_mask(text, attention, bos))
+    texts = [text] if isinstance(text, str) else list(text) if isinstance(text, Sequence) else None
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise TypeError(f"text must be a string, a list of strings or token ids [batch, seq], got {type(text).__name__}.")
+    rows = [([] if bos is None else [bos]) + tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+    width = max(map(len, rows))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention = torch.zeros_like(ids)
+    for number, row in enumerate(rows):
+        ids[number, width - len(row) :] = torch.tensor(row)
+        attention[number, width - len(row) :] = 1
+    return Prompts(ids, attention, token_mask(ids, attention, bos))
+
+
+def _site(lm: Any, itda: Any, hook: str | None) -> str:
+    """The module path of ``hook`` (a hook name or module path; default: where ``itda`` was built)."""
+    from itda_lens.names import architecture
+
+    hook = hook or itda.config.hook
+    if not isinstance(hook, str):
+        raise ValueError("the dictionary does not record its hook point; pass hook=, e.g. 'blocks.15.hook_resid_post'.")
+    path = _to_module_path(hook, architecture(lm))
+    module_at(lm, path)
+    return path
+
+
+def calibrate(
+    lm: Any, text: str | Sequence[str] | Tensor | Prompts, itda: Any, *, hook: str | None = None, remote: bool | str = False
+) -> Float[Tensor, " n_atoms"]:
+    """Mean |coefficient| of each atom of ``itda`` where active on ``text`` (NaN: never
+    active), as :meth:`AttachedITDA.calibrate <itda_lens.transformer_lens.AttachedITDA.calibrate>`;
+    pass it to :func:`payload` for ``steer(..., relative=True)``."""
+    from itda_lens.ops import count_coefficients, typical_coefficients
+
+    prompts, path = tokenize(lm, text), _site(lm, itda, hook)
+    dictionary = payload(itda, dtype=lm.dtype)
+    with lm.trace(prompts.input_ids, attention_mask=prompts.attention_mask, remote=remote):
+        codes = encode(lm.get(path), dictionary, mask=prompts.mask)
+        nnsight.save(codes)
+    sums, counts = torch.zeros(itda.n_atoms, dtype=torch.float64), torch.zeros(itda.n_atoms, dtype=torch.float64)
+    count_coefficients(codes[0][prompts.mask].cpu(), codes[1][prompts.mask].cpu(), sums, counts)
+    return typical_coefficients(sums, counts)
+
+
+def measure_ablations(
+    lm: Any,
+    text: str | Sequence[str] | Tensor | Prompts,
+    atoms: int | Sequence[int] | Sequence[Sequence[int]] | Tensor,
+    metric: Metric,
+    itda: Any,
+    *,
+    hook: str | None = None,
+    positions: Positions = _ALL,
+    error_term: bool = True,
+    remote: bool | str = False,
+) -> Float[Tensor, " n"]:
+    """``metric(ablated) - metric(unablated)`` for each entry of ``atoms`` (an atom, or a
+    list of atoms ablated together) at ``positions``, one trace per entry, as
+    :func:`itda_lens.attribution.measure_ablations` measures it on TransformerLens.
+    ``error_term`` (default on): the unablated run is the clean model."""
+    from itda_lens.attribution import atom_groups
+
+    prompts, path = tokenize(lm, text), _site(lm, itda, hook)
+    groups = atom_groups(atoms, itda.n_atoms)
+    _flag(error_term, "error_term")
+    if not callable(metric):
+        raise TypeError(f"metric must be a callable on logits, got {metric!r}.")
+    dictionary = payload(itda, dtype=lm.dtype)
+    run = dict(attention_mask=prompts.attention_mask, remote=remote)
+    with lm.trace(prompts.input_ids, **run):
+        splice(lm.get(path), dictionary, mask=prompts.mask, error_term=error_term)
+        base = metric(lm.output.logits).detach().save()
+    effects = torch.empty(len(groups), dtype=torch.float64)
+    for number, group in enumerate(groups):
+        with lm.trace(prompts.input_ids, **run):
+            ablate(lm.get(path), dictionary, group, positions, mask=prompts.mask, error_term=error_term)
+            value = metric(lm.output.logits).detach().save()
+        effects[number] = float(value) - float(base)
+    return effects
 
 
 def attribute(
-    metric: Float[Tensor, ""], codes: tuple[Int[Tensor, "batch seq k"], Float[Tensor, "batch seq k"]]
-) -> Float[Tensor, "batch seq k"]:
-    """Gradient times value for each code from :func:`encode` with ``differentiable=True``:
-    the first-order estimate of how much ``metric`` drops when that atom is removed
-    there (attribution patching). Zero where nothing was encoded."""
-    if not isinstance(metric, torch.Tensor) or metric.numel() != 1:
-        raise ValueError(f"the metric must be a scalar tensor, got {getattr(metric, 'shape', metric)!r}.")
-    if not isinstance(codes, tuple) or len(codes) != 2 or not all(isinstance(part, torch.Tensor) for part in codes):
-        raise TypeError("codes must be the (indices, values) that encode(..., differentiable=True) returned.")
-    indices, values = codes
-    if not values.requires_grad:
-        raise ValueError("the codes carry no gradient: make them with encode(..., differentiable=True).")
-    (gradient,) = torch.autograd.grad(metric, values, retain_graph=True)
-    return (gradient * values).detach().masked_fill(indices < 0, 0.0)
+    lm: Any,
+    text: str | Sequence[str] | Tensor | Prompts,
+    metric: Metric,
+    itda: Any,
+    *,
+    hook: str | None = None,
+    error_term: bool = True,
+    remote: bool | str = False,
+) -> Attribution:
+    """Attribution of ``metric`` to every (position, atom) of ``itda``'s codes at
+    ``hook`` (default: where it was built), from one trace with one backward pass: the
+    :class:`~itda_lens.attribution.Attribution` that
+    :func:`itda_lens.attribution.attribute` returns on TransformerLens."""
+    from itda_lens.attribution import Attribution
+
+    prompts, path = tokenize(lm, text), _site(lm, itda, hook)
+    error_term = _flag(error_term, "error_term")
+    if not callable(metric):
+        raise TypeError(f"metric must be a callable on logits, got {metric!r}.")
+    dictionary = payload(itda, dtype=lm.dtype)
+    with lm.trace(prompts.input_ids, attention_mask=prompts.attention_mask, remote=remote):
+        result = _attribution_in_trace(lm, lm.get(path), dictionary, prompts.mask, metric, error_term)
+        nnsight.save(result)
+    indices, values, scores, value, error = result
+    texts = [lm.tokenizer.convert_ids_to_tokens(row) for row in prompts.input_ids.tolist()]
+
+    def measure(atoms):
+        return measure_ablations(lm, prompts, atoms, metric, itda, hook=hook, error_term=error_term, remote=remote)
+
+    hook_name = _hook_name(path, lm) if lm.config.model_type in _LAYOUTS else path
+    return Attribution(
+        hook_name,
+        itda,
+        float(value),
+        prompts.input_ids,
+        indices.cpu(),
+        values.cpu(),
+        scores.cpu(),
+        None if error is None else error.cpu(),
+        texts,
+        measure,
+    )
 
 
 # ------------------------------------------------------------------ backends (client)

@@ -198,6 +198,12 @@ def splice(
     return out if error is None else out + error
 
 
+def gradient_x_ablation(gradient: Tensor | None, value: Tensor) -> Tensor:
+    """``gradient * (0 - value)`` (0 where there is no gradient): the first-order change
+    of a metric when ``value`` is set to 0, the attribution both backends report."""
+    return torch.zeros_like(value) if gradient is None else gradient * (0 - value)
+
+
 # --------------------------------------------------------------------------- calibration
 def count_coefficients(indices: Int[Tensor, "n k"], values: Float[Tensor, "n k"], sums: Float[Tensor, " n_atoms"], counts: Float[Tensor, " n_atoms"]) -> None:
     """Add each active atom's |coefficient| to ``sums`` and 1 to ``counts`` (in place)."""
