@@ -25,8 +25,9 @@ from safetensors.torch import save_file
 
 import itda_lens.nnsight as itn
 from itda_lens import ITDA, FormatError, ITDAConfig, Provenance
-from itda_lens.attribution import ablate, ablation_effects, attribute, log_prob, logit_diff
-from itda_lens.transformer_lens import attach, position_mask
+from itda_lens.attribution import attribute, log_prob, logit_diff, measure_ablations
+from itda_lens.ops import position_mask
+from itda_lens.transformer_lens import attach
 
 HOOK = "blocks.3.hook_resid_post"
 LAYER = 3
@@ -49,16 +50,16 @@ def _reference_folder(folder: Path) -> Path:
 
 
 #: A metadata.yaml of 9 levels of 9 aliases: 387 million strings once expanded.
-ALIAS_BOMB = "a0: &a0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 9)
-)
+ALIAS_BOMB = "a0: &a0 [x, x, x, x, x, x, x, x, x]\n" + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 9))
 
 #: (layout, file, what replaces it) -> the start of the FormatError expected.
 SPECIAL = {
     **{
         (layout, name, kind): "is not a regular file"
-        for layout, names in (("saved", ("config.json", "provenance.json", "atoms.safetensors")),
-                              ("reference", ("atoms.pt", "atom_indices.pt", "metadata.yaml")))
+        for layout, names in (
+            ("saved", ("config.json", "provenance.json", "atoms.safetensors")),
+            ("reference", ("atoms.pt", "atom_indices.pt", "metadata.yaml")),
+        )
         for name in names
         for kind in ("fifo", "dev-zero", "folder")
     },
@@ -481,14 +482,14 @@ TL_CASES = {
     "steer-string-atom": (lambda s: s.steer("3", 1.0), TypeError, r"got '3' \(a str\)"),
     "steer-float-tensor-atom": (lambda s: s.steer(torch.tensor([3.0]), 1.0), TypeError, r"got a torch.float32 tensor"),
     "steer-bool-tensor-atom": (lambda s: s.steer(torch.tensor([True]), 1.0), TypeError, r"got a torch.bool tensor"),
-    "steer-two-atoms": (lambda s: s.steer([1, 2], 1.0), ValueError, r"steer takes one atom, got \[1, 2\]"),
+    "steer-two-atoms-one-scale-each": (lambda s: s.steer([1, 2], [1.0]), ValueError, r"1 scales for 2 atoms; give one scale, or one per atom"),
     "steer-atom-out-of-range": (lambda s: s.steer(40, 1.0), IndexError, r"atoms \[40\] are out of range: the dictionary at blocks.3.hook_resid_post has 40"),
     "steer-nan-scale": (lambda s: s.steer(3, float("nan")), ValueError, r"scale must be a finite number, got nan"),
     "steer-inf-scale": (lambda s: s.steer(3, float("inf")), ValueError, r"scale must be a finite number, got inf"),
     "steer-string-scale": (lambda s: s.steer(3, "2"), TypeError, r"scale must be a number, got '2'"),
     "steer-relative-string": (lambda s: s.steer(3, 1.0, relative="yes"), TypeError, r"relative must be True or False"),
-    "steer-new_tokens-string": (lambda s: s.steer(3, 1.0, new_tokens="no"), TypeError, r"new_tokens must be True or False, got 'no'"),
-    "steer-float-positions": (lambda s: s.steer(3, 1.0, positions=[1.5]), TypeError, r"positions must be None, an int, ints, a slice"),
+    "steer-None-positions": (lambda s: s.steer(3, 1.0, positions=None), TypeError, r"positions must be 'all', 'new', an int"),
+    "steer-float-positions": (lambda s: s.steer(3, 1.0, positions=[1.5]), TypeError, r"positions must be 'all', 'new', an int, ints, a slice"),
     "steer-float-tensor-positions": (lambda s: s.steer(3, 1.0, positions=torch.tensor([1.0])), TypeError, r"positions must be .*torch.float32 tensor"),
     "steer-string-positions": (lambda s: s.steer(3, 1.0, positions="0"), TypeError, r"positions must be"),
     "clamp-nan-value": (lambda s: s.clamp(3, float("nan")), ValueError, r"value must be a finite number, got nan"),
@@ -499,7 +500,6 @@ TL_CASES = {
     "ablate-float-in-list": (lambda s: s.ablate([1, 2.5]), TypeError, r"2.5 \(a float\) is not one"),
     "ablate-no-atoms": (lambda s: s.ablate([]), ValueError, r"give at least one atom"),
     "ablate-bool-positions": (lambda s: s.ablate(1, positions=True), TypeError, r"positions must be"),
-    "typical-coefficient-float": (lambda s: s.typical_coefficient(2.5), TypeError, r"got 2.5 \(a float\)"),
 }
 
 
@@ -531,9 +531,10 @@ def test_attach_refuses_nonsense(bridge, tl_itda, call, error, message):
 
 #: A call of an attribution function on an attached dictionary -> (error type, message).
 ATTRIBUTION_CASES = {
-    "ablate-float-atom": (lambda m: ablate(m, "Hello there", 3.7, "loss"), TypeError, r"got 3.7 \(a float\)"),
-    "ablation_effects-float-tensor": (lambda m: ablation_effects(m, "Hello", torch.tensor([1.0]), "loss"), TypeError, r"torch.float32 tensor"),
-    "ablate-error_term-string": (lambda m: ablate(m, "Hello there", 3, "loss", error_term="on"), TypeError, r"error_term must be True or False"),
+    "measure-float-atom": (lambda m: measure_ablations(m, "Hello there", 3.7, "loss"), TypeError, r"got 3.7 \(a float\)"),
+    "measure-float-in-group": (lambda m: measure_ablations(m, "Hello there", [[1, 2.5]], "loss"), TypeError, r"2.5 \(a float\) is not one"),
+    "measure-float-tensor": (lambda m: measure_ablations(m, "Hello", torch.tensor([1.0]), "loss"), TypeError, r"torch.float32 tensor"),
+    "measure-error_term-string": (lambda m: measure_ablations(m, "Hello there", 3, "loss", error_term="on"), TypeError, r"error_term must be True or False"),
     "attribute-float-tokens": (lambda m: attribute(m, torch.zeros(1, 4), "loss"), ValueError, r"integer token ids"),
 }
 
@@ -607,7 +608,11 @@ NNSIGHT_CASES = {
     "splice-error_term-string": (lambda lm, p, i: itn.splice(_layer(lm), p, error_term="no"), TypeError, r"error_term must be True or False"),
     "encode-differentiable-number": (lambda lm, p, i: itn.encode(_layer(lm), p, differentiable=1), TypeError, r"differentiable must be True or False"),
     "splice-a-plain-module": (lambda lm, p, i: itn.splice(lm._module.model.layers[LAYER], p), TypeError, r"pass a module's envoy"),
-    "attribute-non-scalar": (lambda lm, p, i: itn.attribute(torch.ones(3), itn.encode(_layer(lm), p, differentiable=True)), ValueError, r"scalar tensor"),
+    "steer-partial-payload": (
+        lambda lm, p, i: itn.steer(_layer(lm), itn.Payload(p.atoms[3:4], [3], p.n_atoms, p.k), 3, 1.0),
+        ValueError,
+        r"needs every atom.*error_term=True",
+    ),
 }
 
 

@@ -54,17 +54,17 @@ def test_greedy_generate_with_kv_cache_equals_hugging_face(model, hf_model, dict
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("new_tokens", [True, False], ids=["new tokens too", "prompt only"])
-def test_steering_with_kv_cache_equals_steering_without(model, dictionaries, new_tokens):
-    """With the KV cache each generated token is a one-token pass, edited iff ``new_tokens``;
-    without it every step reruns the whole sequence as a prompt, where ``positions`` apply.
-    Steering every position (new tokens too), or only the prompt's positions (prompt only),
-    is the same edit both ways, so the two generations must agree."""
+@pytest.mark.parametrize("everywhere", [True, False], ids=["all", "prompt only"])
+def test_steering_with_kv_cache_equals_steering_without(model, dictionaries, everywhere):
+    """With the KV cache each generated token is a one-token pass, edited by ``"all"`` and
+    ``"new"`` only; without it every step reruns the whole sequence as a prompt, where
+    ``positions`` apply. Steering every position (``"all"``), or only the prompt's
+    positions (as a list), is the same edit both ways, so the two generations must agree."""
     ids = model.to_tokens(PROMPTS[0])
     with attach(model, dictionaries[EARLY], error_term=True) as splice:
         plain = _greedy(model, ids)
-        positions = None if new_tokens else list(range(ids.shape[1]))
-        with splice.steer(0, 100.0, positions=positions, new_tokens=new_tokens):
+        positions = "all" if everywhere else list(range(ids.shape[1]))
+        with splice.steer(0, 100.0, positions=positions):
             cached = _greedy(model, ids)
             uncached = _greedy(model, ids, use_past_kv_cache=False)
     assert cached == uncached

@@ -13,14 +13,16 @@ import pytest
 import torch
 
 from itda_lens import ITDA, evaluate
-from itda_lens.attribution import ablate, ablation_effects, attribute, attribute_all, log_prob, logit_diff
+from itda_lens.attribution import attribute, attribute_all, log_prob, logit_diff, measure_ablations, spearman
 from itda_lens.metrics import next_token_losses
+from itda_lens.ops import NOT_ENCODED, position_mask
 from itda_lens.text import file_documents, select_split, token_batches
-from itda_lens.transformer_lens import attach, attach_all, attached, attachments, detach, position_mask
+from itda_lens.transformer_lens import attach, attach_all, attached, attachments, detach
 
 pytestmark = pytest.mark.tl3
 
 EARLY, LATE = "blocks.3.hook_resid_post", "blocks.15.hook_resid_post"
+NAMES = ("hook_sae_input", "hook_indices", "hook_values", "hook_sae_recons", "hook_sae_error", "hook_sae_output")
 PROMPT = "The capital of France is Paris, and the capital of Germany is Berlin."
 IOI = "When Mary and John went to the store, John gave a drink to"
 
@@ -61,14 +63,9 @@ def _token(model, text: str) -> int:
     return ids[0]
 
 
-def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    ranks = [x.argsort().argsort().double() for x in (a, b)]
-    ranks = [r - r.mean() for r in ranks]
-    return float((ranks[0] * ranks[1]).sum() / (ranks[0].norm() * ranks[1].norm()))
-
-
 def test_position_mask():
-    assert position_mask(None, 2, 3).all()
+    assert position_mask("all", 2, 3).all() and not position_mask("new", 2, 3).any()
+    assert position_mask("new", 2, 1, generated=True).all() and not position_mask([0], 2, 1, generated=True).any()
     assert position_mask(-1, 1, 4).tolist() == [[False, False, False, True]]
     assert position_mask([0, 2], 1, 4).tolist() == [[True, False, True, False]]
     assert position_mask(slice(1, None), 1, 3).tolist() == [[False, True, True]]
@@ -108,7 +105,7 @@ def test_bridge_canonical_and_legacy_names(bridge, dictionaries):
         warnings.simplefilter("error")  # the same hook point under another name: no warning
         canonical = attach(bridge, itda, "blocks.3.hook_out")
     logits, cache = bridge.run_with_cache(tokens, names_filter=lambda name: ".itda." in name)
-    assert sorted(cache) == sorted(f"blocks.3.hook_out.itda.hook_{n}" for n in ("in", "indices", "values", "recon", "error", "out"))
+    assert sorted(cache) == sorted(f"blocks.3.hook_out.itda.{n}" for n in NAMES)
     with pytest.raises(ValueError, match=r"already attached at 'blocks.3.hook_resid_post' \(attached as 'blocks.3.hook_out'"):
         attach(bridge, itda, EARLY)
     canonical.detach()
@@ -126,24 +123,25 @@ def test_hook_points_show_sparse_codes_and_dense_only_on_request(model, dictiona
         _, cache = model.run_with_cache(tokens)
         codes = splice.codes(cache)
         names = {name for name in cache if ".itda." in name}
-        assert names == {f"{EARLY}.itda.hook_{n}" for n in ("in", "indices", "values", "recon", "error", "out")}
+        assert names == {f"{EARLY}.itda.{n}" for n in NAMES}
         assert codes.indices.shape == codes.values.shape == (1, tokens.shape[1], itda.k)
-        torch.testing.assert_close(cache[EARLY], cache[splice.hook_out.name])  # the model's hook carries the replacement
-        x, recon = cache[splice.hook_in.name], cache[splice.hook_recon.name]
+        torch.testing.assert_close(cache[EARLY], cache[splice.hook_sae_output.name])  # the model's hook carries the replacement
+        x, recon = cache[splice.hook_sae_input.name], cache[splice.hook_sae_recons.name]
         torch.testing.assert_close(recon[:, 1:], itda.decode(itda.encode(x[:, 1:])), rtol=1e-4, atol=1e-4)
-        assert (codes.values[:, 0] == 0).all() and torch.equal(recon[:, 0], x[:, 0])  # BOS passes through
-        torch.testing.assert_close(cache[splice.hook_error.name], x - torch.cat([x[:, :1], recon[:, 1:]], 1))
+        assert (codes.values[:, 0] == 0).all() and (codes.indices[:, 0] == NOT_ENCODED).all()  # BOS is not encoded ...
+        assert torch.equal(recon[:, 0], x[:, 0])  # ... and passes through
+        torch.testing.assert_close(cache[splice.hook_sae_error.name], x - torch.cat([x[:, :1], recon[:, 1:]], 1))
         _, only = model.run_with_cache(tokens, names_filter=lambda name: name.endswith("itda.hook_values"))
         assert list(only) == [splice.hook_values.name]
-    assert dense_calls == [] and not hasattr(splice, "hook_dense")
+    assert dense_calls == [] and not hasattr(splice, "hook_sae_acts_post")
     with torch.no_grad(), attach(model, itda, dense_codes=True) as splice:
-        model.run_with_cache(tokens, names_filter=lambda name: ".itda." in name and "dense" not in name)
+        model.run_with_cache(tokens, names_filter=lambda name: ".itda." in name and "acts_post" not in name)
         assert dense_calls == []  # the hook point exists but nothing hooked it
-        _, cache = model.run_with_cache(tokens, names_filter=[splice.hook_dense.name, splice.hook_recon.name])
+        _, cache = model.run_with_cache(tokens, names_filter=[splice.hook_sae_acts_post.name, splice.hook_sae_recons.name])
     assert len(dense_calls) == 1
-    dense_codes = cache[splice.hook_dense.name]
+    dense_codes = cache[splice.hook_sae_acts_post.name]
     assert dense_codes.shape == (1, tokens.shape[1], itda.n_atoms)
-    torch.testing.assert_close((dense_codes @ itda.atoms)[:, 1:], cache[splice.hook_recon.name][:, 1:], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close((dense_codes @ itda.atoms)[:, 1:], cache[splice.hook_sae_recons.name][:, 1:], rtol=1e-4, atol=1e-4)
 
 
 def test_error_term_run_equals_clean_and_gradients_reach_the_codes(model, dictionaries):
@@ -152,10 +150,10 @@ def test_error_term_run_equals_clean_and_gradients_reach_the_codes(model, dictio
         clean = model(tokens)
     seen = {}
     with attach(model, dictionaries[EARLY], error_term=True) as splice:
-        keep = [(name, lambda t, hook: seen.__setitem__(hook.name, t)) for name in (splice.hook_values.name, splice.hook_error.name)]
+        keep = [(name, lambda t, hook: seen.__setitem__(hook.name, t)) for name in (splice.hook_values.name, splice.hook_sae_error.name)]
         logits = model.run_with_hooks(tokens, fwd_hooks=keep)
     assert (logits - clean).abs().max() <= 1e-4
-    values, error = seen[splice.hook_values.name], seen[splice.hook_error.name]
+    values, error = seen[splice.hook_values.name], seen[splice.hook_sae_error.name]
     assert values.requires_grad and not error.requires_grad
     (grad,) = torch.autograd.grad(logits[0, -1].log_softmax(-1)[_token(model, " Paris")], values)
     assert grad[0, 1:].abs().amax(-1).min() > 0 and (grad[0, 0] == 0).all()
@@ -174,7 +172,7 @@ def test_spliced_loss_equals_eval(model, dictionaries, wikitext):
 def test_ablating_an_atom_changes_exactly_where_it_was_active(model, dictionaries):
     tokens = model.to_tokens(PROMPT)
     with attach(model, dictionaries[EARLY], error_term=True) as splice:
-        names = [splice.hook_indices.name, splice.hook_values.name, splice.hook_out.name]
+        names = [splice.hook_indices.name, splice.hook_values.name, splice.hook_sae_output.name]
         clean_logits, clean = model.run_with_cache(tokens, names_filter=names)
         codes = splice.codes(clean)
         active_at = (codes.values != 0)[0]
@@ -183,21 +181,21 @@ def test_ablating_an_atom_changes_exactly_where_it_was_active(model, dictionarie
         active = ((codes.indices == atom) & (codes.values != 0)).any(-1)
         with splice.ablate(atom):
             logits, ablated = model.run_with_cache(tokens, names_filter=names)
-        changed = (ablated[splice.hook_out.name] - clean[splice.hook_out.name]).abs().amax(-1) > 0
+        changed = (ablated[splice.hook_sae_output.name] - clean[splice.hook_sae_output.name]).abs().amax(-1) > 0
         assert torch.equal(changed, active)
         assert (splice.codes(ablated).values[splice.codes(ablated).indices == atom] == 0).all()
         first = int(active[0].nonzero()[0])
         torch.testing.assert_close(logits[:, :first], clean_logits[:, :first], rtol=0, atol=1e-5)  # causal
         with splice.ablate(atom, positions=[first]):
             _, one = model.run_with_cache(tokens, names_filter=names)
-        changed = (one[splice.hook_out.name] - clean[splice.hook_out.name]).abs().amax(-1) > 0
+        changed = (one[splice.hook_sae_output.name] - clean[splice.hook_sae_output.name]).abs().amax(-1) > 0
         assert changed[0].nonzero().flatten().tolist() == [first]
-        loss_change = ablate(model, tokens, atom, "loss")
+        (loss_change,) = measure_ablations(model, tokens, atom, "loss")
         paris = logit_diff(_token(model, " Berlin"), _token(model, " Paris"))
-        effects = ablation_effects(model, tokens, [atom, atom], paris)
+        effects = measure_ablations(model, tokens, [atom, [atom], [atom, atom]], paris)
         with splice.ablate(atom):
             manual = paris(model(tokens)) - paris(clean_logits)
-    assert loss_change != 0 and effects[0] == effects[1] != 0
+    assert loss_change != 0 and effects[0] == effects[1] == effects[2] != 0
     assert abs(float(manual) - float(effects[0])) < 1e-4
 
 
@@ -206,7 +204,7 @@ def test_clamp_sets_the_coefficient(model, dictionaries):
     itda = dictionaries[EARLY]
     tokens = model.to_tokens(PROMPT)
     with attach(model, itda, error_term=True) as splice:
-        names = [splice.hook_indices.name, splice.hook_values.name, splice.hook_recon.name]
+        names = [splice.hook_indices.name, splice.hook_values.name, splice.hook_sae_recons.name]
         _, clean = model.run_with_cache(tokens, names_filter=names)
         atom = int(splice.codes(clean).indices[0, 1, 0])
         with splice.clamp(atom, 5.0, positions=slice(1, None)):
@@ -218,7 +216,7 @@ def test_clamp_sets_the_coefficient(model, dictionaries):
     total = (codes.values * (codes.indices == atom)).sum(-1)[0]
     assert torch.allclose(total[1:], torch.full_like(total[1:], 5.0)) and total[0] == 0
     old = (before.values * (before.indices == atom)).sum(-1)[0]
-    shift = clamped[splice.hook_recon.name] - clean[splice.hook_recon.name]
+    shift = clamped[splice.hook_sae_recons.name] - clean[splice.hook_sae_recons.name]
     torch.testing.assert_close(shift[0, 1:], (5.0 - old[1:, None]) * itda.atoms[atom], rtol=1e-4, atol=1e-4)
 
 
@@ -226,18 +224,21 @@ def test_clamp_sets_the_coefficient(model, dictionaries):
 def test_steering_during_generate_prompt_only_or_new_tokens(model, dictionaries):
     with attach(model, dictionaries[EARLY]) as splice:
         atom = 7
-        for new_tokens in (False, True):
+        for positions, on_prompt, on_new in (([-1], [-1], False), ("new", [], True), ("all", "all", True)):
             steered = []
 
             def record(values, hook, steered=steered):
                 steered.append(values[0, :, -1].clone())  # the steering slot is the last one
 
-            steering = splice.steer(atom, 30.0, positions=[-1], new_tokens=new_tokens)
+            steering = splice.steer(atom, 30.0, positions=positions)
             with steering, model.hooks(fwd_hooks=[(splice.hook_values.name, record)]):
                 model.generate(PROMPT, max_new_tokens=3, do_sample=False, verbose=False)
             prompt, *generated = steered
-            assert prompt[:-1].eq(0).all() and prompt[-1] == 30.0
-            assert len(generated) >= 2 and all(v.tolist() == [30.0 if new_tokens else 0.0] for v in generated)
+            expected = torch.zeros_like(prompt)
+            expected[1:] = 30.0 if on_prompt == "all" else 0.0  # BOS is never encoded, so never steered
+            expected[on_prompt if on_prompt != "all" else []] = 30.0
+            assert torch.equal(prompt, expected), positions
+            assert len(generated) >= 2 and all(v.tolist() == [30.0 if on_new else 0.0] for v in generated)
 
 
 @torch.no_grad()
@@ -269,17 +270,24 @@ def test_attribution_agrees_with_ablation(primary, dictionaries):
     with attach(primary, dictionaries[LATE]):
         attribution = attribute(primary, IOI, metric)
         atoms, estimates = attribution.by_atom()
-        measured = ablation_effects(primary, IOI, atoms[:20], metric)
+        measured = measure_ablations(primary, IOI, atoms[:20], metric)
+        check = attribution.verify(20)
     seq = primary.to_tokens(IOI).shape[1]
     assert attribution.attribution.shape == attribution.indices.shape == (1, seq, dictionaries[LATE].k)
     assert attribution.metric > 0 and attribution.error.shape == (1, seq)
-    rho = _spearman(-estimates[:20], measured)
+    rho = spearman(estimates[:20], measured)  # the estimate is of the ablation's effect: same sign
     assert rho >= 0.7, f"Spearman {rho:.3f}"
+    assert check.atoms == atoms[:20].tolist() and torch.equal(check.measured, measured) and check.spearman == rho
+    assert check.ratio == float(measured.abs().sum() / estimates[:20].abs().sum()) and "Spearman" in str(check)
     top = attribution.top(3)
     assert [row.atom for row in top] == atoms[:3].tolist()
     assert all(row.source_token == dictionaries[LATE].provenance.token[row.atom] and row.positions for row in top)
     assert str(top[0]).startswith(f"atom {top[0].atom:>6}") and "[" in top[0].context()
-    assert attribution.table(3).count("\n") == 3
+    table = attribution.table(3)
+    share = attribution.error_share()
+    assert f"error term: {float(attribution.error.sum()):+.4f}, {share:.0%} of all |attribution|" in table and 0 < share < 1
+    many = [row for row in top if len(row.positions) >= 3]
+    assert table.count("*") == len(many) + bool(many) and table.count("\n") == 4 + bool(many)
 
 
 def test_several_dictionaries_at_once(model, dictionaries):
@@ -318,7 +326,7 @@ def test_bad_input(model, dictionaries):
         splice.steer(3.7, 1.0)  # not atom 3
     with pytest.raises(ValueError, match="scale must be a finite number, got nan"):
         splice.steer(3, float("nan"))
-    with pytest.raises(ValueError, match=r"not calibrated: call .calibrate\(tokens\)"):
+    with pytest.raises(ValueError, match=r"not calibrated: call calibrate\(text\) first"):
         splice.steer(0, 1.0, relative=True)
     splice.detach()
     with pytest.raises(ValueError, match="no dictionary is attached"):
