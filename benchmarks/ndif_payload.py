@@ -65,7 +65,7 @@ def _measure_requests(model, d_model: int, n_atoms: int, batch: int, seq_len: in
     for name, shipped in {"steer": itn.payload(dictionary, atoms=[0], dtype=torch.bfloat16), "full": itn.payload(dictionary, dtype=torch.bfloat16)}.items():
         dry = itn.DryRunBackend()
         with model.trace(prompt, backend=dry):
-            itn.steer(model.model.layers[3], shipped, [0], 1.0)
+            itn.steer(model.model.layers[3], shipped, [0], 1.0, error_term=True)
         sizes[name] = dry.request_bytes
     per_atom = (sizes["full"] - sizes["steer"]) / (n_atoms - 1)
     return {"collect": collect, "steer": sizes["steer"], "per_atom": per_atom, "base": sizes["steer"] - per_atom}
