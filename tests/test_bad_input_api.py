@@ -444,7 +444,7 @@ ITDA_CASES = {
     "encode-list": (lambda d: d.encode([[0.0] * 8]), TypeError, r"activations must be a tensor"),
     "encode-nan": (lambda d: d.encode(torch.full((2, 8), float("nan"))), ValueError, r"2 activations contain NaN or inf"),
     "encode-inf": (lambda d: d.encode(torch.tensor([[float("inf")] + [0.0] * 7])), ValueError, r"1 activations contain NaN or inf"),
-    "decode-minus-one": (lambda d: d.decode((torch.full((2, 3), -1), torch.zeros(2, 3))), IndexError, r"atom indices outside 0 to 9 \(-1 marks"),
+    "decode-minus-two": (lambda d: d.decode((torch.full((2, 3), -2), torch.zeros(2, 3))), IndexError, r"atom indices outside 0 to 9 and -1 \(not encoded\)"),
     "decode-too-large": (lambda d: d.decode((torch.full((2, 3), 10), torch.zeros(2, 3))), IndexError, r"outside 0 to 9"),
     "decode-float-indices": (lambda d: d.decode((torch.zeros(2, 3), torch.zeros(2, 3))), TypeError, r"integer indices and float values"),
     "decode-shapes": (lambda d: d.decode((torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 4))), ValueError, r"must have one shape"),
