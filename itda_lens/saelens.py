@@ -162,7 +162,7 @@ if ARCHITECTURE not in SAE_CLASS_REGISTRY:
     register_sae_class(ARCHITECTURE, ITDASAE, ITDASAEConfig)
 
 
-def bos_by_default(model, sae: SAE, exclude_special_tokens: bool | list[int]) -> bool | list[int]:
+def _bos_by_default(model, sae: SAE, exclude_special_tokens: bool | list[int]) -> bool | list[int]:
     """What ``add_sae`` excludes: for an :class:`ITDASAE`, SAE Lens' default ``False``
     becomes the tokenizer's BOS; anything else is kept."""
     if exclude_special_tokens is not False or not isinstance(sae, ITDASAE):
@@ -176,7 +176,7 @@ class ITDAHookedSAETransformer(HookedSAETransformer):
     ``exclude_special_tokens`` says otherwise; make one with :func:`hooked_sae_transformer`."""
 
     def add_sae(self, sae: SAE, use_error_term: bool | None = None, exclude_special_tokens: bool | list[int] = False) -> None:
-        super().add_sae(sae, use_error_term, bos_by_default(self, sae, exclude_special_tokens))
+        super().add_sae(sae, use_error_term, _bos_by_default(self, sae, exclude_special_tokens))
 
 
 class ITDASAETransformerBridge(SAETransformerBridge):
@@ -188,7 +188,7 @@ class ITDASAETransformerBridge(SAETransformerBridge):
         super().add_sae(sae, use_error_term)
         wrapper = self._acts_to_saes.get(sae.cfg.metadata.hook_name)
         if wrapper is not None and wrapper.sae is sae:  # add_sae skips a hook it cannot find
-            wrapper.exclude_special_tokens = bos_by_default(self, sae, exclude_special_tokens)
+            wrapper.exclude_special_tokens = _bos_by_default(self, sae, exclude_special_tokens)
 
     def forward(self, input, *args: Any, **kwargs: Any) -> Any:
         """``TransformerBridge.forward``, with the excluded positions of each SAE's tokens

@@ -169,6 +169,8 @@ def test_bad_input(itda):
         ITDASAE.from_itda(ITDA.from_atoms(itda.atoms, k=4))
     with pytest.raises(TypeError, match="expected a HookedTransformer, got Linear"):
         hooked_sae_transformer(torch.nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="expected a TransformerBridge without SAEs, got Linear; make it with load_model"):
+        sae_transformer_bridge(torch.nn.Linear(2, 2))
     with pytest.raises(AttributeError, match="W_enc is W_dec.T"):
         ITDASAE.from_itda(itda).W_enc = torch.nn.Parameter(torch.zeros(1))
     with pytest.raises(TypeError, match="from_itda takes an ITDA, got Tensor"):
