@@ -131,10 +131,24 @@ class ITDAConfig:
 
 
 class SparseCodes(NamedTuple):
-    """Sparse codes: ``k`` atom indices and their coefficients per activation."""
+    """Sparse codes: ``k`` atom indices and their coefficients per activation.
+
+    Coefficients are signed: an atom is active where its coefficient is ``!= 0``, not
+    ``> 0``. A negative index marks a position that was not encoded (coefficient 0).
+    """
 
     indices: Int[Tensor, "*batch k"]
     values: Float[Tensor, "*batch k"]
+
+    def to_dense(self, n_atoms: int) -> Float[Tensor, "*batch n_atoms"]:
+        """The codes as a dense ``[..., n_atoms]`` tensor, SAE Lens' feature activations
+        (``itda.encode(x).to_dense(itda.n_atoms)``); positions not encoded are all 0."""
+        n_atoms = checks.integer(n_atoms, "n_atoms", low=1)
+        encoded = self.indices >= 0
+        if self.indices.numel() and int(self.indices.max()) >= n_atoms:
+            raise ValueError(f"the codes use atom {int(self.indices.max())} but n_atoms={n_atoms}; pass the dictionary's itda.n_atoms.")
+        out = self.values.new_zeros(*self.indices.shape[:-1], n_atoms)
+        return out.scatter_add_(-1, self.indices.clamp_min(0).long(), torch.where(encoded, self.values, 0.0))
 
 
 class ITDA(nn.Module):
@@ -204,6 +218,12 @@ class ITDA(nn.Module):
     @property
     def k(self) -> int:
         return self.config.k
+
+    @property
+    def W_dec(self) -> Float[Tensor, "n_atoms d_model"]:
+        """The atoms, under SAE Lens' name for a decoder: ``codes.to_dense(n_atoms) @ W_dec``
+        decodes, and ``W_dec[atom]`` is the direction to steer with."""
+        return self.atoms
 
     def _apply(self, fn, recurse=True):  # type: ignore[override]
         self._gram = None

@@ -6,11 +6,14 @@
 #   bash scripts/run_notebooks.sh tutorials/quickstart.ipynb ...   # only these
 #
 # Each notebook runs with tutorials/ as its working folder, in the .venv kernel (PYTHON to
-# choose another interpreter). NOTEBOOK_TIMEOUT is the limit per cell, in seconds.
+# choose another interpreter); one whose metadata says "itda_lens": {"environment": "tl3"}
+# (the SAE Lens tutorial) runs in the .venv-tl3 kernel (PYTHON_TL3 to choose another).
+# NOTEBOOK_TIMEOUT is the limit per cell, in seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 [ -x "$PYTHON" ] || PYTHON=python3
+export PYTHON_TL3=${PYTHON_TL3:-.venv-tl3/bin/python}
 exec "$PYTHON" - "$@" <<'PY'
 import json
 import os
@@ -31,21 +34,27 @@ if not paths:
 out_dir = Path(os.environ.get("NOTEBOOK_OUT") or tempfile.mkdtemp(prefix="itda-notebooks-"))
 out_dir.mkdir(parents=True, exist_ok=True)
 timeout = int(os.environ.get("NOTEBOOK_TIMEOUT", "1800"))
-# A kernel spec for this very interpreter, so no other Jupyter kernel is picked up.
+# Kernel specs for this very interpreter and the TransformerLens 3 one, so no other Jupyter
+# kernel is picked up.
 kernels = Path(tempfile.mkdtemp(prefix="itda-kernel-"))
-(kernels / "kernels" / "itda-lens").mkdir(parents=True)
-spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"], "display_name": "itda-lens", "language": "python"}
-(kernels / "kernels" / "itda-lens" / "kernel.json").write_text(json.dumps(spec))
+interpreters = {"itda-lens": sys.executable, "itda-lens-tl3": str(Path(os.environ["PYTHON_TL3"]).absolute())}
+for name, python in interpreters.items():
+    (kernels / "kernels" / name).mkdir(parents=True)
+    spec = {"argv": [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"], "display_name": name, "language": "python"}
+    (kernels / "kernels" / name / "kernel.json").write_text(json.dumps(spec))
 os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(kernels), os.environ.get("JUPYTER_PATH")]))
 failed = []
 for path in paths:
     notebook = nbformat.read(path, as_version=4)
     kernelspec = notebook.metadata.get("kernelspec")
-    client = NotebookClient(
-        notebook, timeout=timeout, kernel_name="itda-lens", resources={"metadata": {"path": str(path.parent)}}
-    )
+    kernel = "itda-lens-tl3" if notebook.metadata.get("itda_lens", {}).get("environment") == "tl3" else "itda-lens"
     start = time.perf_counter()
     print(f"running {path} ...", flush=True)
+    if not os.access(interpreters[kernel], os.X_OK):
+        failed.append(path)
+        print(f"FAILED  {path}: it needs the TransformerLens 3 / SAE Lens environment; run bash scripts/setup.sh or set PYTHON_TL3.", flush=True)
+        continue
+    client = NotebookClient(notebook, timeout=timeout, kernel_name=kernel, resources={"metadata": {"path": str(path.parent)}})
     try:
         client.execute()
         status = "ok"
