@@ -144,11 +144,9 @@ class SparseCodes(NamedTuple):
         """The codes as a dense ``[..., n_atoms]`` tensor, SAE Lens' feature activations
         (``itda.encode(x).to_dense(itda.n_atoms)``); positions not encoded are all 0."""
         n_atoms = checks.integer(n_atoms, "n_atoms", low=1)
-        encoded = self.indices >= 0
         if self.indices.numel() and int(self.indices.max()) >= n_atoms:
             raise ValueError(f"the codes use atom {int(self.indices.max())} but n_atoms={n_atoms}; pass the dictionary's itda.n_atoms.")
-        out = self.values.new_zeros(*self.indices.shape[:-1], n_atoms)
-        return out.scatter_add_(-1, self.indices.clamp_min(0).long(), torch.where(encoded, self.values, 0.0))
+        return ops.dense(self.indices.long(), self.values, n_atoms)
 
 
 class ITDA(nn.Module):
