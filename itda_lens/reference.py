@@ -10,9 +10,17 @@ hundred bytes of them can expand to gigabytes). The sequence index becomes the
 provenance ``doc``, so ``by="token"`` comparisons reproduce the paper's Jaccard index
 between such files.
 
-Of the metadata, ``k`` (an int from 1 to ``n_atoms``; default the smaller of 40 and
-``n_atoms``), ``layer`` (an int >= 0), ``submodule_name`` and ``lm_name`` (strings)
-are used and checked; the whole mapping is kept in ``config.build["reference_metadata"]``.
+Of the metadata, ``k`` (an int from 1 to ``n_atoms``; default the smaller of
+:data:`itda_lens.config.DEFAULT_K` and ``n_atoms``), ``layer`` (an int >= 0),
+``loss_threshold`` (a number > 0), ``submodule_name`` and ``lm_name`` (strings) are used
+and checked; the whole mapping is kept in ``config.build["reference_metadata"]``.
+
+The reference adds an activation as an atom when ``mean((x/|x| - x_hat/|x_hat|)^2)``, a
+mean over the ``d_model`` dimensions, exceeds ``loss_threshold``; itda-lens when the
+relative error ``||x - x_hat||^2 / ||x||^2`` exceeds ``threshold``.
+:func:`relative_threshold` converts the first into the second, and the dictionary read
+keeps both (``config.build["loss_threshold"]`` and ``config.threshold``). The reference
+encodes with plain matching-pursuit coefficients: ``refit`` is off in its config.
 """
 
 from __future__ import annotations
@@ -33,8 +41,29 @@ from itda_lens.provenance import Provenance
 #: The largest ``atoms.pt`` or ``atom_indices.pt`` read.
 MAX_TENSOR_BYTES = 16 << 30
 
+#: ``config.build["doc"]`` of a dictionary read here: its ``provenance.doc`` is the
+#: reference's sequence index, not a document hash.
+DOC_KIND = "reference sequence index"
+
 #: ``k`` when the metadata does not give it (at most the number of atoms).
 DEFAULT_K = 40
+
+
+def relative_threshold(loss_threshold: float, d_model: int) -> float | None:
+    """The relative-error threshold that adds the same atoms as the reference's
+    ``loss_threshold`` when ``x_hat`` is the exact projection of ``x`` on its atoms;
+    ``None`` when the reference would never add one.
+
+    For unit vectors ``||u - v||^2 = 2 - 2 cos``, so the reference adds ``x`` when
+    ``cos(x, x_hat) < 1 - loss_threshold * d_model / 2``. For a projection
+    ``||x - x_hat||^2 / ||x||^2 = 1 - cos^2`` with ``cos >= 0``, so this is
+    ``threshold = 1 - (1 - loss_threshold * d_model / 2)^2``. (Plain matching pursuit
+    stops short of the projection, so there the two rules only nearly agree.)
+    """
+    cos = 1.0 - loss_threshold * d_model / 2.0
+    if cos <= 0.0:
+        return None
+    return 1.0 - cos * cos
 
 
 def _load_tensor(path: Path) -> torch.Tensor:
@@ -83,6 +112,9 @@ def load_reference(directory: str | Path) -> ITDA:
         k = checks.integer(min(DEFAULT_K, n_atoms) if k is None else k, "field 'k'", 1, n_atoms)
         layer = metadata.get("layer")
         layer = None if layer is None else checks.integer(layer, "field 'layer'", low=0)
+        loss_threshold = metadata.get("loss_threshold")
+        if loss_threshold is not None and not checks.number(loss_threshold, "field 'loss_threshold'") > 0:
+            raise ValueError(f"field 'loss_threshold' must be a number > 0, got {loss_threshold!r}.")
         for name in ("submodule_name", "lm_name"):
             if metadata.get(name) is not None and not isinstance(metadata[name], str):
                 raise TypeError(f"field {name!r} must be a string, got {metadata[name]!r}.")
@@ -104,7 +136,9 @@ def load_reference(directory: str | Path) -> ITDA:
             provenance=provenance,
             model=metadata.get("lm_name"),
             hook=hook,
-            build={"reference_metadata": metadata, "doc": "reference sequence index"},
+            threshold=None if loss_threshold is None else relative_threshold(loss_threshold, atoms.shape[1]),
+            refit=False,
+            build={"reference_metadata": metadata, "doc": DOC_KIND, "loss_threshold": loss_threshold},
         )
     except ValueError as err:
         raise FormatError(f"inconsistent reference dictionary in {directory}: {err}") from err
