@@ -102,7 +102,7 @@ def _train(args) -> dict:
     documents = text_documents(args)
     name = model_name(args.model)
     if args.backend == "nnsight":
-        from itda_lens.activations import NnsightSource
+        from itda_lens.nnsight_source import NnsightSource
 
         if args.remote == "ndif":
             from nnsight import LanguageModel

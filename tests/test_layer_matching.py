@@ -230,10 +230,6 @@ def test_compare_command_on_two_model_folders(backend, smollm2_tokenizer, wikite
 
     if backend == "nnsight":
         pytest.importorskip("nnsight")
-        from itda_lens import activations
-
-        if not hasattr(activations, "NnsightSource"):
-            pytest.skip("itda_lens.activations has no NnsightSource yet")
     folders = []
     for seed in (0, 1):
         folder = tmp_path / f"model{seed}"

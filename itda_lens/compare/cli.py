@@ -111,7 +111,7 @@ def _model_layers(args, name: str, hooks: list[str] | None):
     documents = text_documents(args)
     model = load_model(args, name, args.backend)
     if args.backend == "nnsight":
-        from itda_lens.activations import NnsightSource
+        from itda_lens.nnsight_source import NnsightSource
 
         n_layers = model.config.num_hidden_layers
         source = NnsightSource(model, hooks or [f"blocks.{i}.hook_resid_post" for i in range(n_layers)], model_name=name)
