@@ -58,7 +58,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_ERROR, f"{prog}: error: {message} (see {prog} --help)\n")
 
 
-def _parser() -> argparse.ArgumentParser:
+def command_parser() -> argparse.ArgumentParser:
+    """The parser of every command; its defaults are those of :mod:`itda_lens.config`."""
     from itda_lens.browse.cli import add_browse_parser
     from itda_lens.build import CHECKPOINT_EVERY
     from itda_lens.compare.cli import add_compare_parser
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     from itda_lens.browse.cli import run_browse
     from itda_lens.compare.cli import run_compare
 
-    parser = _parser()
+    parser = command_parser()
     args = parser.parse_args(argv)
     problem = check_args(args)
     if problem:
