@@ -154,7 +154,7 @@ class DictionaryBuilder:
                 f"only {self.n_atoms} atoms were built, fewer than k={self.k}: give more text "
                 "(more tokens), a lower threshold, or a smaller k."
             )
-        cfg = ITDAConfig(self.d_model, self.k, self.threshold, model, hook, self.settings.refit, build=build or {})
+        cfg = ITDAConfig(d_model=self.d_model, k=self.k, threshold=self.threshold, model=model, hook=hook, refit=self.settings.refit, build=build or {})
         return ITDA(self.atoms.clone(), cfg, Provenance.cat(self.provenance))
 
     def restore(self, itda: ITDA, groups: list[int]) -> None:
