@@ -14,9 +14,8 @@ import argparse
 import json
 import time
 
-from itda_lens import build, evaluate, load_model
+from itda_lens import BuildSettings, build, evaluate, load_model
 from itda_lens.activations import TransformerLensSource
-from itda_lens.build import DEFAULT_THRESHOLD
 from itda_lens.text import file_documents, select_split, token_batches
 
 
@@ -27,10 +26,10 @@ def main() -> None:
     parser.add_argument("--hook", default="blocks.15.hook_resid_post")
     parser.add_argument("--tokens", type=int, default=60_000)
     parser.add_argument("--eval-tokens", type=int, default=None, help="default: all held-out tokens")
-    parser.add_argument("--k", type=int, default=40)
-    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    parser.add_argument("--k", type=int, default=BuildSettings.k)
+    parser.add_argument("--threshold", type=float, default=BuildSettings.threshold)
     parser.add_argument("--max-atoms", type=int, default=8192)
-    parser.add_argument("--step-tokens", type=int, default=256, help="tokens encoded per dictionary update")
+    parser.add_argument("--step-tokens", type=int, default=BuildSettings.step_tokens, help="tokens encoded per dictionary update")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=None, help="save the dictionary here")
     args = parser.parse_args()
@@ -38,9 +37,8 @@ def main() -> None:
     model = load_model(args.model, device=args.device)
     source = TransformerLensSource(model, [args.hook], model_name=args.model)
     train = token_batches(select_split(file_documents(args.text_file), "train"), model.tokenizer, 128, 16, args.tokens)
-    result = build(
-        source, train, k=args.k, threshold=args.threshold, max_atoms=args.max_atoms, step_tokens=args.step_tokens, device=args.device, total_tokens=args.tokens
-    )
+    settings = BuildSettings(k=args.k, threshold=args.threshold, max_atoms=args.max_atoms, step_tokens=args.step_tokens)
+    result = build(source, train, settings, device=args.device, total_tokens=args.tokens)
     itda = result.dictionaries[args.hook]
     if args.out:
         itda.save(args.out)

@@ -17,7 +17,7 @@ import statistics
 
 import torch
 
-from itda_lens import build, load_model, pursuit
+from itda_lens import BuildSettings, build, load_model, pursuit
 from itda_lens.activations import TransformerLensSource
 from itda_lens.text import file_documents, select_split, token_batches
 
@@ -59,7 +59,7 @@ def main() -> None:
         for variant in seconds:
             pursuit.pursuit = stopping if variant == "stopping" else without_stopping
             recorded.calls = 0
-            result = build(recorded, batches, max_atoms=args.max_atoms, progress=False)
+            result = build(recorded, batches, BuildSettings(max_atoms=args.max_atoms), progress=False)
             seconds[variant].append(result.seconds_dictionary)
             atoms[variant] = result.dictionaries[args.hook].atoms
     pursuit.pursuit = stopping

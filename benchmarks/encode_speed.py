@@ -17,7 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from itda_lens import ITDA
+from itda_lens import ITDA, BuildSettings
 
 
 def plain_mp(x: torch.Tensor, atoms: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,7 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n-atoms", type=int, default=8192)
     parser.add_argument("--d-model", type=int, default=576)
-    parser.add_argument("--k", type=int, default=40)
+    parser.add_argument("--k", type=int, default=BuildSettings.k)
     parser.add_argument("--tokens", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")

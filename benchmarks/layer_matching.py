@@ -54,6 +54,7 @@ from itda_lens.compare.comparison import (
 from itda_lens.compare.heatmap import similarity_heatmaps
 from itda_lens.compare.layers import jaccard_matrix, matching_accuracy, ordered_pairs
 from itda_lens.compare.model_layers import model_layers
+from itda_lens.config import BuildSettings
 from itda_lens.text import file_documents, select_split, token_batches
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
         source = TransformerLensSource(bridge(model, tokenizer, name), hooks, model_name=name)
         batches = token_batches(select_split(documents, args.build_split), tokenizer, args.seq_len, 32, args.build_tokens)
         with torch.no_grad():
-            layers = model_layers(source, batches, name, k=args.k, threshold=args.threshold, max_atoms=args.max_atoms, record_fraction=record_fraction, device=args.device)
+            layers = model_layers(source, batches, name, BuildSettings(k=args.k, threshold=args.threshold, max_atoms=args.max_atoms), record_fraction=record_fraction, device=args.device)
         models.append(layers)
         t2 = time.perf_counter()
         seconds["train"] += t1 - t0

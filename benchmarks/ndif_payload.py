@@ -21,6 +21,8 @@ import warnings
 
 import torch
 
+from itda_lens.config import BuildSettings
+
 #: Public architecture facts of the models NDIF hosts (Llama 3.1 model cards / configs).
 MODELS = {
     "Llama-3.1-70B": {"d_model": 8192, "n_layers": 80, "params": 70.6e9},
@@ -35,7 +37,7 @@ def _options() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=32, help="sequences per trace")
     parser.add_argument("--seq-len", type=int, default=128, help="tokens per sequence")
     parser.add_argument("--n-atoms", type=int, default=None, help="dictionary size (default: d_model)")
-    parser.add_argument("--k", type=int, default=40)
+    parser.add_argument("--k", type=int, default=BuildSettings.k)
     parser.add_argument("--upload-mb-s", type=float, default=10.0, help="assumed client upload bandwidth, MB/s")
     parser.add_argument("--download-mb-s", type=float, default=50.0, help="assumed download bandwidth, MB/s")
     parser.add_argument("--server-tflops", type=float, default=200.0, help="assumed effective bf16 TFLOP/s the server gives a job")
@@ -59,7 +61,7 @@ def _measure_requests(model, d_model: int, n_atoms: int, batch: int, seq_len: in
         tracer.stop()
     collect = dry.request_bytes
 
-    dictionary = ITDA.from_atoms(torch.randn(n_atoms, d_model), k=min(40, n_atoms))
+    dictionary = ITDA.from_atoms(torch.randn(n_atoms, d_model), k=min(BuildSettings.k, n_atoms))
     prompt = torch.randint(1000, 20000, (1, 16))
     sizes = {}
     for name, shipped in {"steer": itn.payload(dictionary, atoms=[0], dtype=torch.bfloat16), "full": itn.payload(dictionary, dtype=torch.bfloat16)}.items():

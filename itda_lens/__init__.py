@@ -2,6 +2,7 @@
 TransformerLens and nnsight."""
 
 from itda_lens.build import BuildResult, DictionaryBuilder, build
+from itda_lens.config import BuildSettings, CorpusSettings, ModelSettings
 from itda_lens.evaluate import evaluate
 from itda_lens.itda import ITDA, FormatError, ITDAConfig, SparseCodes
 from itda_lens.models import DEFAULT_MODEL, load_model
@@ -16,6 +17,9 @@ __all__ = [
     "SparseCodes",
     "FormatError",
     "Provenance",
+    "BuildSettings",
+    "CorpusSettings",
+    "ModelSettings",
     "DictionaryBuilder",
     "BuildResult",
     "build",

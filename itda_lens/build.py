@@ -1,16 +1,17 @@
 """Greedy construction of ITDA dictionaries from streamed activations.
 
-For each hook point, activations arrive in stream order and are taken ``step_tokens``
-at a time. Each is encoded with the current dictionary; one whose relative error
-``||x - x_hat||^2 / ||x||^2`` exceeds ``threshold`` becomes a candidate atom (its unit
-vector). Candidates are accepted in stream order, except one that an earlier accepted
-candidate of the same step already explains alone (``1 - cos^2 <= threshold``), so the
-dictionary never holds duplicates. Building stops adding at ``max_atoms``. A token's
+The settings are a :class:`~itda_lens.config.BuildSettings`. For each hook point,
+activations arrive in stream order and are taken ``step_tokens`` at a time. Each is
+encoded with the current dictionary; one whose relative error ``||x - x_hat||^2 /
+||x||^2`` exceeds ``threshold`` becomes a candidate atom (its unit vector). Candidates
+are accepted in stream order, except one that an earlier accepted candidate of the same
+step already explains alone (``1 - cos^2 <= threshold``), so the dictionary never holds
+duplicates. Building stops adding at ``max_atoms``. A token's
 encoding stops early once it is surely within the threshold (it cannot become an atom),
 which changes the time a build takes, not the dictionary.
 
 A build writes a checkpoint every ``checkpoint_every`` batches and when interrupted or
-failing (of the batches finished by then); started again with the same arguments and
+failing (of the batches finished by then); started again with the same settings and
 text it resumes from there and ends with exactly the dictionary an uninterrupted build
 gives. A checkpoint is written beside the previous one and swapped in, so a complete one
 is never lost.
@@ -23,7 +24,7 @@ import json
 import shutil
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,37 +33,27 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from itda_lens import pursuit
+from itda_lens import ops, pursuit
 from itda_lens.activations import ActivationSource
-from itda_lens.itda import GRAM_MAX_BYTES, ITDA, MAX_CONFIG_BYTES, ITDAConfig, read_regular_file, relative_error
+from itda_lens.config import DEFAULT_BUILD, BuildSettings, CorpusSettings, ModelSettings
+from itda_lens.files import MAX_CONFIG_BYTES, read_regular_file
+from itda_lens.itda import ITDA, ITDAConfig, relative_error
 from itda_lens.provenance import Provenance
 from itda_lens.text import TokenBatch
 
-DEFAULT_THRESHOLD = 0.08
 STATE_FILE = "state.json"
+#: Batches between checkpoints.
+CHECKPOINT_EVERY = 50
 
 
 class DictionaryBuilder:
     """The growing dictionary of one hook point."""
 
-    def __init__(
-        self,
-        d_model: int,
-        k: int = 40,
-        threshold: float = DEFAULT_THRESHOLD,
-        max_atoms: int | None = None,
-        refit: bool = True,
-        step_tokens: int = 256,
-        device: str | torch.device = "cpu",
-    ):
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold is a relative error and must lie in (0, 1), got {threshold}.")
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}.")
-        if max_atoms is not None and max_atoms < k:
-            raise ValueError(f"max_atoms={max_atoms} is smaller than k={k}.")
-        self.d_model, self.k, self.threshold, self.max_atoms = d_model, k, threshold, max_atoms
-        self.refit, self.step_tokens, self.device = refit, step_tokens, torch.device(device)
+    def __init__(self, d_model: int, settings: BuildSettings = DEFAULT_BUILD, device: str | torch.device = "cpu"):
+        if not isinstance(settings, BuildSettings):
+            raise TypeError(f"settings must be a BuildSettings, got {type(settings).__name__}.")
+        self.d_model, self.settings, self.device = d_model, settings, torch.device(device)
+        self.k, self.threshold, self.max_atoms = settings.k, settings.threshold, settings.max_atoms
         self.n_atoms = 0
         self.groups: list[int] = []  # dictionary size after each addition, to rebuild the Gram matrix exactly
         self.provenance: list[Provenance] = []
@@ -92,15 +83,16 @@ class DictionaryBuilder:
             )
         accepted: list[int] = []
         worse = encoded = 0
-        for start in range(0, len(x), self.step_tokens):
+        step = self.settings.step_tokens
+        for start in range(0, len(x), step):
             if self.full:
                 break
-            chunk = x[start : start + self.step_tokens]
+            chunk = x[start : start + step]
             poor = chunk.norm(dim=1) > 0
             if self.n_atoms:
                 # A token stops encoding once surely within the threshold: it cannot become an atom.
                 k = min(self.k, self.n_atoms)
-                idx, val = pursuit.pursuit(chunk, self.atoms, k, gram=self._gram_view(), refit=self.refit, tolerance=self.threshold)
+                idx, val = pursuit.pursuit(chunk, self.atoms, k, gram=self._gram_view(), refit=self.settings.refit, tolerance=self.threshold)
                 poor &= relative_error(chunk, pursuit.decode(idx, val, self.atoms)) > self.threshold
             candidates = torch.nonzero(poor)[:, 0]
             worse, encoded = worse + len(candidates), encoded + len(chunk)
@@ -147,7 +139,7 @@ class DictionaryBuilder:
         atoms = torch.empty(capacity, self.d_model, device=self.device)
         atoms[: self.n_atoms] = self.atoms
         self._atoms = atoms
-        if self._gram is not None and capacity**2 * 4 <= GRAM_MAX_BYTES:
+        if self._gram is not None and ops.gram_fits(capacity, 4):
             # Zeros beyond the atoms are the padding that pursuit.gram_matrix also has.
             gram = torch.zeros(capacity, capacity, device=self.device)
             gram[: self.n_atoms, : self.n_atoms] = self._gram[: self.n_atoms, : self.n_atoms]
@@ -155,14 +147,14 @@ class DictionaryBuilder:
         else:
             self._gram = None
 
-    def to_itda(self, **config) -> ITDA:
-        """The dictionary so far."""
+    def to_itda(self, model: str | None = None, hook: str | None = None, build: dict | None = None) -> ITDA:
+        """The dictionary so far, for ``hook`` of ``model``, with ``build`` as its record."""
         if self.n_atoms < self.k:
             raise ValueError(
                 f"only {self.n_atoms} atoms were built, fewer than k={self.k}: give more text "
                 "(more tokens), a lower threshold, or a smaller k."
             )
-        cfg = ITDAConfig(d_model=self.d_model, k=self.k, threshold=self.threshold, refit=self.refit, **config)
+        cfg = ITDAConfig(d_model=self.d_model, k=self.k, threshold=self.threshold, model=model, hook=hook, refit=self.settings.refit, build=build or {})
         return ITDA(self.atoms.clone(), cfg, Provenance.cat(self.provenance))
 
     def restore(self, itda: ITDA, groups: list[int]) -> None:
@@ -191,55 +183,56 @@ class BuildResult:
 def build(
     source: ActivationSource,
     batches: Iterable[TokenBatch],
+    settings: BuildSettings = DEFAULT_BUILD,
     *,
-    k: int = 40,
-    threshold: float = DEFAULT_THRESHOLD,
-    max_atoms: int | None = None,
-    refit: bool = True,
-    step_tokens: int = 256,
     device: str | torch.device = "cpu",
     checkpoint_dir: str | Path | None = None,
-    checkpoint_every: int = 50,
+    checkpoint_every: int = CHECKPOINT_EVERY,
     keep_checkpoint: bool = False,
     total_tokens: int | None = None,
     progress: bool = True,
-    metadata: dict | None = None,
+    corpus: CorpusSettings | None = None,
+    model: ModelSettings | None = None,
 ) -> BuildResult:
-    """Build one dictionary per hook point of ``source`` from ``batches``; reading stops
-    early once every dictionary has ``max_atoms``.
+    """Build one dictionary per hook point of ``source`` from ``batches`` with
+    ``settings``; reading stops early once every dictionary has ``settings.max_atoms``.
 
     ``history[hook]`` holds ``[tokens, n_atoms, share of the batch's tokens reconstructed
-    worse than the threshold]`` after each batch. ``metadata`` is recorded in each
-    dictionary's ``config.build``.
+    worse than the threshold]`` after each batch. Each dictionary's ``config.build``
+    records the settings, the hooks and model, the model's dtype (from ``model``) and the
+    ``corpus`` the batches were made from, when given.
 
     With ``checkpoint_dir`` the build resumes from a checkpoint found there, if it was
-    made with the same settings from the same batches (compared by a hash of the tokens
-    read so far). ``keep_checkpoint`` leaves a checkpoint of the finished build there, to
-    be removed with :func:`remove_checkpoint` once the dictionaries are saved; otherwise
-    it is removed when the build ends.
+    made with the same settings and model dtype from the same batches (compared by a
+    hash of the tokens read so far). ``keep_checkpoint`` leaves a checkpoint of the
+    finished build there, to be removed with :func:`remove_checkpoint` once the
+    dictionaries are saved; otherwise it is removed when the build ends.
     """
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be at least 1, got {checkpoint_every}.")
-    d_model = source.d_model
-    builders = {hook: DictionaryBuilder(d_model, k, threshold, max_atoms, refit, step_tokens, device) for hook in source.hooks}
-    settings = {"hooks": source.hooks, "model": source.model_name, "k": k, "threshold": threshold, "max_atoms": max_atoms, "refit": refit, "step_tokens": step_tokens}
-    corpus = hashlib.sha256()
+    if not isinstance(settings, BuildSettings):
+        raise TypeError(f"settings must be a BuildSettings, got {type(settings).__name__}.")
+    builders = {hook: DictionaryBuilder(source.d_model, settings, device) for hook in source.hooks}
+    recorded = {"hooks": source.hooks, "model": source.model_name, **asdict(settings)}
+    if model is not None:
+        recorded["model_dtype"] = model.dtype
+    text_hash = hashlib.sha256()
     state = {
         "batches": 0, "tokens": 0, "seconds_forward": 0.0, "seconds_dictionary": 0.0,
-        "history": {h: [] for h in source.hooks}, "corpus_sha256": corpus.hexdigest(),
+        "history": {h: [] for h in source.hooks}, "corpus_sha256": text_hash.hexdigest(),
     }
     checkpoint = Path(checkpoint_dir) if checkpoint_dir is not None else None
     found = find_checkpoint(checkpoint) if checkpoint is not None else None
     if found is not None:
-        state = _resume(found, settings, builders)
+        state = _resume(found, recorded, builders)
     resumed = saved = state["batches"]
     bar = tqdm(total=total_tokens, initial=state["tokens"], unit="tok", desc="building", disable=not progress)
     try:
         number = -1
         for number, batch in enumerate(batches):
             if number == resumed:
-                _check_corpus(corpus, state, found)
-            _digest(corpus, batch)
+                _check_corpus(text_hash, state, found)
+            _digest(text_hash, batch)
             if number < resumed:
                 continue
             if all(b.full for b in builders.values()):
@@ -257,31 +250,33 @@ def build(
             end = time.perf_counter()
             # The batch is done, in one update; a checkpoint leaves out what an unfinished batch added.
             state.update(
-                batches=number + 1, tokens=state["tokens"] + len(positions), corpus_sha256=corpus.hexdigest(),
+                batches=number + 1, tokens=state["tokens"] + len(positions), corpus_sha256=text_hash.hexdigest(),
                 seconds_forward=state["seconds_forward"] + middle - start, seconds_dictionary=state["seconds_dictionary"] + end - middle,
             )
             bar.update(len(positions))
             bar.set_postfix(atoms=",".join(str(b.n_atoms) for b in builders.values()))
             if checkpoint is not None and state["batches"] % checkpoint_every == 0:
-                _save_checkpoint(checkpoint, settings, builders, state)
+                _save_checkpoint(checkpoint, recorded, builders, state)
                 saved = state["batches"]
         if number < resumed:
-            _check_corpus(corpus, state, found)
+            _check_corpus(text_hash, state, found)
     except BaseException:  # Ctrl-C, a failed remote job, ...: keep what is finished
         if checkpoint is not None and state["batches"] > saved:
-            _save_checkpoint(checkpoint, settings, builders, state)
+            _save_checkpoint(checkpoint, recorded, builders, state)
         raise
     finally:
         bar.close()
     if state["tokens"] == 0:
         raise ValueError("the corpus gave no tokens to build from: pass more text.")
     info = {key: state[key] for key in ("tokens", "seconds_forward", "seconds_dictionary")}
+    if corpus is not None:
+        info["corpus"] = asdict(corpus)
     dictionaries = {
-        hook: builder.to_itda(model=source.model_name, hook=hook, build={**settings, **(metadata or {}), **info, "history": state["history"][hook]})
+        hook: builder.to_itda(source.model_name, hook, {**recorded, **info, "history": state["history"][hook]})
         for hook, builder in builders.items()
     }
     if checkpoint is not None and keep_checkpoint and state["batches"] > saved:
-        _save_checkpoint(checkpoint, settings, builders, state)
+        _save_checkpoint(checkpoint, recorded, builders, state)
     elif checkpoint is not None and not keep_checkpoint:
         remove_checkpoint(checkpoint)
     return BuildResult(dictionaries, state["tokens"], state["seconds_forward"], state["seconds_dictionary"], state["history"])

@@ -19,12 +19,15 @@ from itda_lens.options import (
     add_dictionary_args,
     add_run_args,
     add_text_args,
+    build_settings,
     check_args,
     check_out_folder,
     check_seq_len,
     corpus_name,
+    corpus_settings,
     load_model,
     model_name,
+    model_settings,
     one_line,
     positive_int,
     text_documents,
@@ -55,8 +58,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_ERROR, f"{prog}: error: {message} (see {prog} --help)\n")
 
 
-def _parser() -> argparse.ArgumentParser:
+def command_parser() -> argparse.ArgumentParser:
+    """The parser of every command; its defaults are those of :mod:`itda_lens.config`."""
     from itda_lens.browse.cli import add_browse_parser
+    from itda_lens.build import CHECKPOINT_EVERY
     from itda_lens.compare.cli import add_compare_parser
     from itda_lens.models import DEFAULT_MODEL
 
@@ -69,10 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--backend", choices=["transformer_lens", "nnsight"], default="transformer_lens")
     train.add_argument("--remote", choices=["no", "local", "ndif"], default="no", help="with --backend nnsight: run traces on NDIF (needs a Hub id and NDIF_API_KEY), or simulate it locally")
     add_dictionary_args(train)
-    train.add_argument("--step-tokens", type=positive_int, default=256, help="tokens offered to the dictionary at a time")
     train.add_argument("--out", type=Path, required=True, help="output folder (one sub-folder per hook if several)")
     train.add_argument("--overwrite", action="store_true", help="replace the dictionaries in --out (other files there are kept)")
-    train.add_argument("--checkpoint-every", type=positive_int, default=50, help="batches between checkpoints")
+    train.add_argument("--checkpoint-every", type=positive_int, default=CHECKPOINT_EVERY, help="batches between checkpoints")
     add_text_args(train, "train")
     add_run_args(train)
 
@@ -99,7 +103,7 @@ def _train(args) -> dict:
     documents = text_documents(args)
     name = model_name(args.model)
     if args.backend == "nnsight":
-        from itda_lens.activations import NnsightSource
+        from itda_lens.nnsight_source import NnsightSource
 
         if args.remote == "ndif":
             from nnsight import LanguageModel
@@ -115,23 +119,19 @@ def _train(args) -> dict:
         source = TransformerLensSource(model, args.hook, model_name=name)
     out.mkdir(exist_ok=True)
     checkpoint = out / CHECKPOINT_DIR
-    text_file = str(args.text_file.resolve()) if args.text_file else None
-    corpus = {"text_file": text_file, "dataset": args.dataset, "split": args.split, "seq_len": args.seq_len, "batch_size": args.batch_size, "max_tokens": args.max_tokens, "include_bos": args.include_bos}
     try:
         result = build(
             source,
             token_batches(args, documents, model.tokenizer),
-            k=args.k,
-            threshold=args.threshold,
-            max_atoms=args.max_atoms,
-            step_tokens=args.step_tokens,
+            build_settings(args),
             device=args.device,
             checkpoint_dir=checkpoint,
             checkpoint_every=1 if args.remote == "ndif" else args.checkpoint_every,
             keep_checkpoint=True,
             total_tokens=args.max_tokens,
             progress=not args.no_progress,
-            metadata={"corpus": corpus, "model_dtype": args.dtype},
+            corpus=corpus_settings(args),
+            model=model_settings(args, name),
         )
         try:
             _save(result, out, single)
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     from itda_lens.browse.cli import run_browse
     from itda_lens.compare.cli import run_compare
 
-    parser = _parser()
+    parser = command_parser()
     args = parser.parse_args(argv)
     problem = check_args(args)
     if problem:

@@ -40,7 +40,7 @@ def evaluate(
         check_activations(hook, x, tokens, itda.d_model)
         codes = itda.encode(x[mask])
         x_hat = itda.decode(codes).to(x.dtype)
-        recon.update(x[mask], x_hat, codes.values)
+        recon.update(x[mask], x_hat, codes)
         filled = torch.zeros_like(x)
         filled[mask] = x_hat
         spliced = model.run_with_hooks(tokens, fwd_hooks=[(hook, replace_hook(filled, mask))])

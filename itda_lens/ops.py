@@ -22,7 +22,7 @@ from torch import Tensor
 
 from itda_lens.checks import flag, number
 from itda_lens.pursuit import decode as weighted_sum
-from itda_lens.pursuit import padded_width
+from itda_lens.pursuit_blocks import padded_width
 
 if TYPE_CHECKING:  # annotations only: these functions run inside remote nnsight traces, where jaxtyping is absent
     from jaxtyping import Bool, Float, Int

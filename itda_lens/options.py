@@ -1,5 +1,8 @@
 """Command-line options the ``itda-lens`` commands share, and what they describe.
 
+Their defaults are those of :mod:`itda_lens.config`, and :func:`build_settings`,
+:func:`corpus_settings` and :func:`model_settings` turn them back into those dataclasses.
+
 The argument types refuse bad values when the command line is read, naming the option,
 before any model is loaded; so do the checks of output paths and the first read of the
 corpus here. Errors are ``ValueError``s whose one-line message says what to change.
@@ -13,8 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from itda_lens.build import DEFAULT_THRESHOLD
-from itda_lens.models import DTYPES
+from itda_lens.config import DTYPES, SPLITS, BuildSettings, CorpusSettings, ModelSettings
 
 
 def _number(text: str, kind: type):
@@ -72,30 +74,54 @@ def add_text_args(parser: argparse.ArgumentParser, split: str) -> None:
     group = parser.add_argument_group("text (default: the built-in corpus, see itda_lens.text)")
     group.add_argument("--text-file", type=Path, help="a .txt or .jsonl file")
     group.add_argument("--dataset", help="a Hugging Face dataset name, streamed")
-    group.add_argument("--dataset-config", default=None)
-    group.add_argument("--dataset-split", default="train")
-    group.add_argument("--text-column", default="text")
-    group.add_argument("--split", default=split, choices=["train", "heldout", "all"], help=f"which documents (default: {split})")
-    group.add_argument("--max-tokens", type=positive_int, default=None)
-    group.add_argument("--seq-len", type=sequence_length, default=128, help="tokens per sequence, BOS included (at most the model's context)")
-    group.add_argument("--batch-size", type=positive_int, default=16)
+    group.add_argument("--dataset-config", default=CorpusSettings.dataset_config)
+    group.add_argument("--dataset-split", default=CorpusSettings.dataset_split)
+    group.add_argument("--text-column", default=CorpusSettings.text_column)
+    group.add_argument("--split", default=split, choices=SPLITS, help=f"which documents (default: {split})")
+    group.add_argument("--max-tokens", type=positive_int, default=CorpusSettings.max_tokens)
+    group.add_argument("--seq-len", type=sequence_length, default=CorpusSettings.seq_len, help="tokens per sequence, BOS included (at most the model's context)")
+    group.add_argument("--batch-size", type=positive_int, default=CorpusSettings.batch_size)
     group.add_argument("--include-bos", action="store_true", help="also encode (and score) the BOS positions")
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
     """The options every command shares."""
-    parser.add_argument("--device", type=device, default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=DTYPES)
+    parser.add_argument("--device", type=device, default=ModelSettings.device)
+    parser.add_argument("--dtype", default=ModelSettings.dtype, choices=DTYPES)
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also: ITDA_LENS_DEBUG=1)")
 
 
 def add_dictionary_args(parser) -> None:
-    """The options of the dictionaries a command builds."""
-    parser.add_argument("--k", type=positive_int, default=40, help="atoms per encoding")
-    parser.add_argument("--threshold", type=open_fraction, default=DEFAULT_THRESHOLD, help="relative error above which an activation becomes an atom")
-    parser.add_argument("--max-atoms", type=positive_int, default=None, help="stop adding atoms at this many (at least --k)")
+    """The options of the dictionaries a command builds (:class:`~itda_lens.config.BuildSettings`)."""
+    parser.add_argument("--k", type=positive_int, default=BuildSettings.k, help="atoms per encoding")
+    parser.add_argument("--threshold", type=open_fraction, default=BuildSettings.threshold, help="relative error above which an activation becomes an atom")
+    parser.add_argument("--max-atoms", type=positive_int, default=BuildSettings.max_atoms, help="stop adding atoms at this many (at least --k)")
+    parser.add_argument(
+        "--no-refit", dest="refit", action="store_false",
+        help="keep plain matching-pursuit coefficients (no least-squares refit), as the reference implementation does",
+    )
+    parser.add_argument("--step-tokens", type=positive_int, default=BuildSettings.step_tokens, help="tokens offered to the dictionary at a time")
+
+
+def build_settings(args: argparse.Namespace) -> BuildSettings:
+    """The build settings the options give."""
+    return BuildSettings(args.k, args.threshold, args.max_atoms, args.refit, args.step_tokens)
+
+
+def corpus_settings(args: argparse.Namespace) -> CorpusSettings:
+    """The text the options choose, a text file by its absolute path."""
+    text_file = str(args.text_file.resolve()) if args.text_file is not None else None
+    return CorpusSettings(
+        text_file, args.dataset, args.dataset_config, args.dataset_split, args.text_column,
+        args.split, args.max_tokens, args.seq_len, args.batch_size, args.include_bos,
+    )
+
+
+def model_settings(args: argparse.Namespace, name: str) -> ModelSettings:
+    """The model ``name`` as the options load it."""
+    return ModelSettings(name, args.dtype, args.device)
 
 
 def check_args(args: argparse.Namespace) -> str | None:

@@ -1,19 +1,19 @@
-"""Pictures of results, as PNG files (matplotlib, no display needed)."""
+"""Pictures of results, as PNG files (matplotlib figures drawn without pyplot: no
+display, and the user's matplotlib backend is left alone)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure
 
 
 def growth_plot(history: dict[str, list[list[float]]], path: str | Path) -> Path:
     """Dictionary size, and the share of tokens reconstructed worse than the threshold,
     against tokens seen, one line per hook."""
-    fig, (size_ax, error_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig = Figure(figsize=(10, 3.6))
+    size_ax, error_ax = fig.subplots(1, 2)
     for hook, rows in history.items():
         tokens = [r[0] for r in rows]
         size_ax.plot(tokens, [r[1] for r in rows], label=hook)
@@ -23,11 +23,7 @@ def growth_plot(history: dict[str, list[list[float]]], path: str | Path) -> Path
     size_ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return Path(path)
-
-
-from collections.abc import Sequence  # noqa: E402
 
 
 def attribution_plot(
@@ -46,7 +42,8 @@ def attribution_plot(
         raise ValueError("give at least one atom to plot.")
     scores = [float(s) for s in scores]
     names = [f"#{int(a)} {_one_line(label, 48)}" for a, label in zip(atoms, labels)]
-    fig, ax = plt.subplots(figsize=(9, 0.8 + 0.36 * len(atoms)))
+    fig = Figure(figsize=(9, 0.8 + 0.36 * len(atoms)))
+    ax = fig.subplots()
     rows = range(len(atoms))
     ax.barh(rows, scores, color=["#3b5bdb" if s >= 0 else "#e03131" for s in scores])
     ax.set_yticks(list(rows), names, fontsize=8)
@@ -55,7 +52,6 @@ def attribution_plot(
     ax.set(xlabel=xlabel, title=title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return Path(path)
 
 

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from itda_lens.pursuit_blocks import BLOCK, STOP_EVERY, padded_width
+
 if TYPE_CHECKING:  # annotations only: these kernels run inside remote nnsight traces, where jaxtyping is absent
     from jaxtyping import Float, Int
 
@@ -34,22 +36,11 @@ if TYPE_CHECKING:  # annotations only: these kernels run inside remote nnsight t
 #: enough to stay in cache across the k steps on common CPUs).
 CHUNK_ELEMENTS = 1 << 21
 
-#: Width of the blocks in which the largest correlation is searched; correlation rows
-#: are zero-padded to a multiple of it.
-BLOCK = 128
-
-#: With a ``tolerance``, the steps between checks for tokens that may stop.
-STOP_EVERY = 4
 
 #: With a ``tolerance``, a token stops once its MP residual is below
 #: ``tolerance - STOP_SLACK`` of its squared norm: the slack covers the float rounding
 #: of the residual bookkeeping, so a stopped token is surely within ``tolerance``.
 STOP_SLACK = 1e-4
-
-
-def padded_width(n_atoms: int) -> int:
-    """``n_atoms`` rounded up to a multiple of :data:`BLOCK`."""
-    return -(-n_atoms // BLOCK) * BLOCK
 
 
 def gram_matrix(atoms: Float[Tensor, "n_atoms d_model"]) -> Float[Tensor, "n_atoms width"]:
@@ -79,7 +70,7 @@ def pursuit(
     entries, for the dense method), so memory does not grow with ``n``.
 
     ``tolerance`` (``gram`` method only) lets a token stop early, at a check every
-    :data:`STOP_EVERY` steps, once its relative error ``||x - x_hat||^2 / ||x||^2`` is
+    :data:`~itda_lens.pursuit_blocks.STOP_EVERY` steps, once its relative error ``||x - x_hat||^2 / ||x||^2`` is
     surely within it; such a token keeps its MP coefficients (no refit) and its later
     slots repeat its first atom with value 0. The builder uses it: a token that stops
     cannot become an atom.
@@ -196,7 +187,7 @@ def _dense_steps(
 
 def _abs_argmax(values: Float[Tensor, "m width"]) -> Int[Tensor, " m"]:
     """``values.abs().argmax(1)`` (first index on ties) for a width that is a multiple
-    of :data:`BLOCK`.
+    of :data:`~itda_lens.pursuit_blocks.BLOCK`.
 
     PyTorch's CPU ``argmax`` and ``aminmax`` are an order of magnitude slower than
     ``amax`` and ``amin``; the block with the largest magnitude, then the argmax inside

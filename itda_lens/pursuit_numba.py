@@ -20,7 +20,7 @@ import torch
 from numba import njit, prange
 from torch import Tensor
 
-from itda_lens.pursuit import BLOCK, STOP_EVERY
+from itda_lens.pursuit_blocks import BLOCK, STOP_EVERY
 
 _MAGNITUDE = np.int32(0x7FFFFFFF)
 

@@ -25,15 +25,13 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from itda_lens.config import CorpusSettings, Split
 from itda_lens.provenance import CONTEXT_CHARS, Provenance, document_id
-
-Split = Literal["train", "heldout", "all"]
 
 #: Share of documents (chosen by content hash) kept aside for evaluation.
 HELDOUT_FRACTION = 0.1
@@ -101,7 +99,9 @@ def _text_documents(lines: Iterable[str]) -> Iterator[str]:
         yield "".join(document)
 
 
-def hf_documents(name: str, config: str | None = None, split: str = "train", column: str = "text", **load_args) -> Iterator[str]:
+def hf_documents(
+    name: str, config: str | None = None, split: str = CorpusSettings.dataset_split, column: str = CorpusSettings.text_column, **load_args
+) -> Iterator[str]:
     """Documents of a Hugging Face dataset, streamed (``load_args`` go to
     ``datasets.load_dataset``, e.g. ``data_files``)."""
     import datasets
@@ -166,10 +166,10 @@ class TokenBatch:
 def token_batches(
     documents: Iterable[str],
     tokenizer,
-    seq_len: int = 128,
-    batch_size: int = 16,
-    max_tokens: int | None = None,
-    include_bos: bool = False,
+    seq_len: int = CorpusSettings.seq_len,
+    batch_size: int = CorpusSettings.batch_size,
+    max_tokens: int | None = CorpusSettings.max_tokens,
+    include_bos: bool = CorpusSettings.include_bos,
 ) -> Iterator[TokenBatch]:
     """Batches of ``batch_size`` sequences of ``seq_len`` tokens, until ``max_tokens``
     tokens (not counting BOS and padding) or the documents run out. With

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from itda_lens.config import BuildSettings
+
 WIKITEXT = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "wikitext-2" / "valid.txt"
 
 
@@ -79,7 +81,7 @@ def dictionaries(bridge, wikitext):
 
     hooks = ["blocks.3.hook_resid_post", "blocks.15.hook_resid_post"]
     batches = token_batches(select_split(file_documents(wikitext), "train"), bridge.tokenizer, 64, 8, 3000)
-    return build(TransformerLensSource(bridge, hooks), batches, k=16, threshold=0.15, progress=False).dictionaries
+    return build(TransformerLensSource(bridge, hooks), batches, BuildSettings(k=16, threshold=0.15), progress=False).dictionaries
 
 
 @pytest.fixture(scope="session")

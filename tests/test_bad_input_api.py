@@ -368,6 +368,8 @@ METADATA_CASES = {
     "k-above-n_atoms": ("k: 7\n", r"field 'k' must be an int from 1 to 6, got 7"),
     "layer-negative": ("layer: -1\n", r"field 'layer' must be an int >= 0, got -1"),
     "layer-string": ("layer: three\n", r"field 'layer' must be an int, got 'three'"),
+    "loss_threshold-zero": ("loss_threshold: 0\n", r"field 'loss_threshold' must be a number > 0, got 0"),
+    "loss_threshold-string": ("loss_threshold: low\n", r"field 'loss_threshold' must be a number, got 'low'"),
     "lm_name-number": ("lm_name: 5\n", r"field 'lm_name' must be a string, got 5"),
     "submodule-list": ("submodule_name: [a]\n", r"field 'submodule_name' must be a string"),
     "a-list": ("- 1\n- 2\n", r"must hold a mapping of fields, got a list"),

@@ -18,6 +18,7 @@ from itda_lens import ITDA, Provenance, SparseCodes, build
 from itda_lens.activations import TransformerLensSource
 from itda_lens.browse import AtomUsage, atom_usage, browser_data, write_browser
 from itda_lens.browse.cli import add_browse_parser, run_browse
+from itda_lens.config import BuildSettings
 from itda_lens.provenance import document_id
 from itda_lens.text import file_documents, select_split, token_batches
 
@@ -38,7 +39,7 @@ def source(bridge):
 def itda(source, tokenizer, wikitext):
     """A small real dictionary: 2,000 WikiText tokens at an early layer of SmolLM2."""
     batches = token_batches(select_split(file_documents(wikitext), "train"), tokenizer, 64, 8, 2000)
-    return build(source, batches, k=8, threshold=0.2, progress=False).dictionaries[HOOK]
+    return build(source, batches, BuildSettings(k=8, threshold=0.2), progress=False).dictionaries[HOOK]
 
 
 def heldout(tokenizer, wikitext, tokens=1000):

@@ -6,6 +6,7 @@ import torch
 from itda_lens import pursuit
 from itda_lens.activations import TransformerLensSource
 from itda_lens.build import DictionaryBuilder, build, checkpoint_folders, find_checkpoint
+from itda_lens.config import BuildSettings
 from itda_lens.provenance import document_id
 from itda_lens.text import file_documents, select_split, token_batches
 
@@ -16,7 +17,7 @@ def test_no_duplicates_within_or_across_batches():
     torch.manual_seed(0)
     x = torch.randn(40, 16)
     batch = torch.cat([x, x[:10] * 3.0, -x[:5]])
-    builder = DictionaryBuilder(16, k=4, threshold=0.2)
+    builder = DictionaryBuilder(16, BuildSettings(k=4, threshold=0.2))
     added, _ = builder.update(batch)
     assert added == [i for i in added if i < 40]
     assert builder.update(batch)[0] == []
@@ -28,10 +29,10 @@ def test_no_duplicates_within_or_across_batches():
 def test_threshold_is_scale_and_width_free():
     torch.manual_seed(0)
     x = torch.randn(300, 64)
-    small, large = DictionaryBuilder(64, k=8, threshold=0.3), DictionaryBuilder(64, k=8, threshold=0.3)
+    small, large = DictionaryBuilder(64, BuildSettings(k=8, threshold=0.3)), DictionaryBuilder(64, BuildSettings(k=8, threshold=0.3))
     assert small.update(x)[0] == large.update(x * 1000.0)[0]
     with pytest.raises(ValueError, match=r"must lie in \(0, 1\)"):
-        DictionaryBuilder(64, threshold=3.0)
+        BuildSettings(threshold=3.0)
 
 
 def test_stopping_early_leaves_the_dictionary_unchanged(monkeypatch):
@@ -40,7 +41,7 @@ def test_stopping_early_leaves_the_dictionary_unchanged(monkeypatch):
     torch.manual_seed(0)
     directions = torch.randn(24, 64)
     x = torch.randn(1200, 24) @ directions + 0.25 * torch.randn(1200, 64)
-    stopping = DictionaryBuilder(64, k=8, threshold=0.2, step_tokens=100)
+    stopping = DictionaryBuilder(64, BuildSettings(k=8, threshold=0.2, step_tokens=100))
     added, worse = stopping.update(x)
     calls = []
     original = pursuit.pursuit
@@ -51,7 +52,7 @@ def test_stopping_early_leaves_the_dictionary_unchanged(monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(pursuit, "pursuit", without_stopping)
-    full = DictionaryBuilder(64, k=8, threshold=0.2, step_tokens=100)
+    full = DictionaryBuilder(64, BuildSettings(k=8, threshold=0.2, step_tokens=100))
     assert full.update(x) == (added, worse)
     assert sum(calls) > 100  # tokens did stop
     assert 0 < worse < 1 and len(added) > 24
@@ -59,7 +60,7 @@ def test_stopping_early_leaves_the_dictionary_unchanged(monkeypatch):
 
 
 def test_max_atoms_and_bad_activations():
-    builder = DictionaryBuilder(8, k=2, threshold=0.01, max_atoms=5)
+    builder = DictionaryBuilder(8, BuildSettings(k=2, threshold=0.01, max_atoms=5))
     builder.update(torch.randn(100, 8))
     assert builder.n_atoms == 5 and builder.full
     x = torch.randn(4, 8)
@@ -77,7 +78,7 @@ def _batches(tokenizer, wikitext, tokens=1500):
 @pytest.fixture(scope="module")
 def built(bridge, tokenizer, wikitext):
     source = TransformerLensSource(bridge, [HOOK, "blocks.5.hook_resid_post"])
-    return build(source, _batches(tokenizer, wikitext), k=8, threshold=0.2, progress=False)
+    return build(source, _batches(tokenizer, wikitext), BuildSettings(k=8, threshold=0.2), progress=False)
 
 
 def test_build_several_hooks_with_provenance(built, tokenizer, wikitext):
@@ -102,14 +103,14 @@ def test_atoms_are_the_activations_they_claim(built, bridge, tokenizer, wikitext
     torch.testing.assert_close(itda.atoms[0], first / first.norm(), atol=1e-5, rtol=1e-5)
 
 
-SETTINGS = dict(k=8, threshold=0.2, progress=False, step_tokens=64)
+SETTINGS = BuildSettings(k=8, threshold=0.2, step_tokens=64)
 TWO_HOOKS = [HOOK, "blocks.5.hook_resid_post"]
 
 
 @pytest.fixture(scope="module")
 def whole(bridge, tokenizer, wikitext):
     """Two hooks built from 1,200 tokens without interruption."""
-    return build(TransformerLensSource(bridge, TWO_HOOKS), _batches(tokenizer, wikitext, 1200), **SETTINGS).dictionaries
+    return build(TransformerLensSource(bridge, TWO_HOOKS), _batches(tokenizer, wikitext, 1200), settings=SETTINGS, progress=False).dictionaries
 
 
 def _interrupted(batches, after):
@@ -130,30 +131,30 @@ def test_interrupted_build_resumes_to_the_same_result(bridge, tokenizer, wikitex
     source = TransformerLensSource(bridge, TWO_HOOKS)
     checkpoint = tmp_path / "ckpt"
     with pytest.raises(KeyboardInterrupt):
-        build(source, _interrupted(_batches(tokenizer, wikitext, 1200), 3), checkpoint_dir=checkpoint, checkpoint_every=2, **SETTINGS)
+        build(source, _interrupted(_batches(tokenizer, wikitext, 1200), 3), checkpoint_dir=checkpoint, checkpoint_every=2, settings=SETTINGS, progress=False)
     assert json.loads((checkpoint / "state.json").read_text())["state"]["batches"] == 3
-    resumed = build(source, _batches(tokenizer, wikitext, 1200), checkpoint_dir=checkpoint, **SETTINGS)
+    resumed = build(source, _batches(tokenizer, wikitext, 1200), checkpoint_dir=checkpoint, settings=SETTINGS, progress=False)
     _assert_same(resumed.dictionaries, whole)
     assert resumed.dictionaries[HOOK].config.build["tokens"] == 1200
     assert not any(folder.exists() for folder in checkpoint_folders(checkpoint))
     with pytest.raises(KeyboardInterrupt):
-        build(source, _interrupted(_batches(tokenizer, wikitext, 1200), 2), checkpoint_dir=checkpoint, **SETTINGS)
+        build(source, _interrupted(_batches(tokenizer, wikitext, 1200), 2), checkpoint_dir=checkpoint, settings=SETTINGS, progress=False)
     with pytest.raises(ValueError, match="made with k=8, step_tokens=64, not k=9, step_tokens=256"):
-        build(source, _batches(tokenizer, wikitext, 1200), checkpoint_dir=checkpoint, k=9, threshold=0.2, progress=False)
+        build(source, _batches(tokenizer, wikitext, 1200), BuildSettings(k=9, threshold=0.2), checkpoint_dir=checkpoint, progress=False)
 
 
 def test_resume_refuses_other_text(bridge, tokenizer, wikitext, tmp_path):
     source = TransformerLensSource(bridge, [HOOK])
     checkpoint = tmp_path / "ckpt"
     with pytest.raises(KeyboardInterrupt):
-        build(source, _interrupted(_batches(tokenizer, wikitext, 1200), 2), checkpoint_dir=checkpoint, **SETTINGS)
+        build(source, _interrupted(_batches(tokenizer, wikitext, 1200), 2), checkpoint_dir=checkpoint, settings=SETTINGS, progress=False)
     state = (checkpoint / "state.json").read_bytes()
     heldout = token_batches(select_split(file_documents(wikitext), "heldout"), tokenizer, 64, 4, 1200)
     longer = token_batches(select_split(file_documents(wikitext), "train"), tokenizer, 65, 4, 1200)
     shorter = _batches(tokenizer, wikitext, 200)
     for batches in (heldout, longer, shorter):
         with pytest.raises(ValueError, match="differs from the text the checkpoint"):
-            build(source, batches, checkpoint_dir=checkpoint, **SETTINGS)
+            build(source, batches, checkpoint_dir=checkpoint, settings=SETTINGS, progress=False)
         assert (checkpoint / "state.json").read_bytes() == state
 
 
@@ -172,11 +173,11 @@ def test_interruption_inside_a_batch_keeps_the_finished_batches(bridge, tokenize
     source = TransformerLensSource(bridge, TWO_HOOKS)
     checkpoint = tmp_path / "ckpt"
     with pytest.raises(KeyboardInterrupt):
-        build(source, _batches(tokenizer, wikitext, 1200), checkpoint_dir=checkpoint, **SETTINGS)
+        build(source, _batches(tokenizer, wikitext, 1200), checkpoint_dir=checkpoint, settings=SETTINGS, progress=False)
     monkeypatch.undo()
     saved = json.loads((checkpoint / "state.json").read_text())
     assert saved["state"]["batches"] == 3 and all(len(rows) == 3 for rows in saved["state"]["history"].values())
-    _assert_same(build(source, _batches(tokenizer, wikitext, 1200), checkpoint_dir=checkpoint, **SETTINGS).dictionaries, whole)
+    _assert_same(build(source, _batches(tokenizer, wikitext, 1200), checkpoint_dir=checkpoint, settings=SETTINGS, progress=False).dictionaries, whole)
 
 
 def test_a_checkpoint_being_replaced_is_not_lost(bridge, tokenizer, wikitext, tmp_path, whole):
@@ -184,13 +185,13 @@ def test_a_checkpoint_being_replaced_is_not_lost(bridge, tokenizer, wikitext, tm
     source = TransformerLensSource(bridge, TWO_HOOKS)
     checkpoint = tmp_path / "ckpt"
     with pytest.raises(KeyboardInterrupt):
-        build(source, _interrupted(_batches(tokenizer, wikitext, 1200), 2), checkpoint_dir=checkpoint, **SETTINGS)
+        build(source, _interrupted(_batches(tokenizer, wikitext, 1200), 2), checkpoint_dir=checkpoint, settings=SETTINGS, progress=False)
     current, partial, previous = checkpoint_folders(checkpoint)
     current.replace(previous)
     partial.mkdir()
     (partial / "hook0").mkdir()  # a next checkpoint, half written
     assert find_checkpoint(checkpoint) == previous
-    _assert_same(build(source, _batches(tokenizer, wikitext, 1200), checkpoint_dir=checkpoint, **SETTINGS).dictionaries, whole)
+    _assert_same(build(source, _batches(tokenizer, wikitext, 1200), checkpoint_dir=checkpoint, settings=SETTINGS, progress=False).dictionaries, whole)
     assert not any(folder.exists() for folder in checkpoint_folders(checkpoint))
 
 
@@ -198,7 +199,7 @@ def test_a_failed_first_batch_leaves_no_checkpoint(bridge, tokenizer, wikitext, 
     source = TransformerLensSource(bridge, ["blocks.0.attn.hook_pattern"])
     checkpoint = tmp_path / "ckpt"
     with pytest.raises(ValueError, match=r"not \[batch, pos, d_model\]"):
-        build(source, _batches(tokenizer, wikitext, 200), checkpoint_dir=checkpoint, **SETTINGS)
+        build(source, _batches(tokenizer, wikitext, 200), checkpoint_dir=checkpoint, settings=SETTINGS, progress=False)
     assert find_checkpoint(checkpoint) is None and not checkpoint.exists()
 
 
@@ -212,10 +213,10 @@ def test_a_kept_checkpoint_finishes_without_reading_activations(bridge, tokenize
 
     source = Counted(bridge, TWO_HOOKS)
     checkpoint = tmp_path / "ckpt"
-    first = build(source, _batches(tokenizer, wikitext, 1200), checkpoint_dir=checkpoint, keep_checkpoint=True, **SETTINGS)
+    first = build(source, _batches(tokenizer, wikitext, 1200), checkpoint_dir=checkpoint, keep_checkpoint=True, settings=SETTINGS, progress=False)
     assert find_checkpoint(checkpoint) == checkpoint and calls
     calls.clear()
-    again = build(source, _batches(tokenizer, wikitext, 1200), checkpoint_dir=checkpoint, **SETTINGS)
+    again = build(source, _batches(tokenizer, wikitext, 1200), checkpoint_dir=checkpoint, settings=SETTINGS, progress=False)
     assert not calls
     _assert_same(first.dictionaries, whole)
     _assert_same(again.dictionaries, whole)
@@ -230,4 +231,4 @@ def test_unknown_hook_lists_close_matches(bridge):
 def test_tiny_corpus_is_refused(bridge, tokenizer):
     source = TransformerLensSource(bridge, [HOOK])
     with pytest.raises(ValueError, match="fewer than k=40"):
-        build(source, token_batches(["Tiny text."], tokenizer, 16, 2), k=40, progress=False)
+        build(source, token_batches(["Tiny text."], tokenizer, 16, 2), progress=False)

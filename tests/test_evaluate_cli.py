@@ -10,6 +10,7 @@ from itda_lens import cli
 from itda_lens.activations import TransformerLensSource
 from itda_lens.build import build
 from itda_lens.cli import main
+from itda_lens.config import BuildSettings
 from itda_lens.evaluate import evaluate
 from itda_lens.itda import ITDA
 from itda_lens.metrics import next_token_losses
@@ -21,7 +22,7 @@ HOOK = "blocks.4.hook_resid_post"
 @pytest.fixture(scope="module")
 def small_itda(bridge, tokenizer, wikitext):
     batches = token_batches(select_split(file_documents(wikitext), "train"), tokenizer, 64, 8, 2000)
-    return build(TransformerLensSource(bridge, [HOOK]), batches, k=16, threshold=0.15, progress=False).dictionaries[HOOK]
+    return build(TransformerLensSource(bridge, [HOOK]), batches, BuildSettings(k=16, threshold=0.15), progress=False).dictionaries[HOOK]
 
 
 def test_spliced_loss_matches_a_plain_pytorch_hook(bridge, tokenizer, wikitext, small_itda):

@@ -11,6 +11,7 @@ import torch
 
 from itda_lens.build import build
 from itda_lens.compare import atom_keys, expected_jaccard, jaccard, jaccard_report
+from itda_lens.config import BuildSettings
 from itda_lens.itda import ITDA
 from itda_lens.provenance import Provenance
 from itda_lens.text import file_documents, token_batches
@@ -94,7 +95,7 @@ class ContextSource:
 
 def build_on(documents: list[str], tokenizer) -> dict[str, ITDA]:
     batches = token_batches(documents, tokenizer, seq_len=64, batch_size=8, max_tokens=3000)
-    return build(ContextSource(len(tokenizer)), batches, k=4, threshold=0.3, progress=False).dictionaries
+    return build(ContextSource(len(tokenizer)), batches, BuildSettings(k=4, threshold=0.3), progress=False).dictionaries
 
 
 # -------------------------------------------------------------------------- Jaccard

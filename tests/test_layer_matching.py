@@ -26,6 +26,7 @@ from itda_lens.compare import (
 )
 from itda_lens.compare.layers import ordered_pairs
 from itda_lens.compare.occurrences import shared_rows, trimmed_span
+from itda_lens.config import BuildSettings
 from itda_lens.text import file_documents, token_batches
 
 # ------------------------------------------------------------------- matching by hand
@@ -105,7 +106,7 @@ def layers_of(model, tokenizer, documents, name: str, record_fraction: float = 1
     bridge = TransformerBridge.boot_transformers(name, hf_model=model, tokenizer=tokenizer)
     hooks = [f"blocks.{i}.hook_resid_post" for i in range(model.config.num_hidden_layers)]
     batches = token_batches(documents, tokenizer, seq_len=64, batch_size=8, max_tokens=1200)
-    return model_layers(TransformerLensSource(bridge, hooks, model_name=name), batches, name, k=4, threshold=0.3, record_fraction=record_fraction)
+    return model_layers(TransformerLensSource(bridge, hooks, model_name=name), batches, name, BuildSettings(k=4, threshold=0.3), record_fraction=record_fraction)
 
 
 @pytest.fixture(scope="module")
@@ -229,10 +230,6 @@ def test_compare_command_on_two_model_folders(backend, smollm2_tokenizer, wikite
 
     if backend == "nnsight":
         pytest.importorskip("nnsight")
-        from itda_lens import activations
-
-        if not hasattr(activations, "NnsightSource"):
-            pytest.skip("itda_lens.activations has no NnsightSource yet")
     folders = []
     for seed in (0, 1):
         folder = tmp_path / f"model{seed}"

@@ -7,13 +7,24 @@ def test_fvu_divides_means_over_all_tokens():
     x = torch.tensor([[1.0, 0.0], [3.0, 0.0], [2.0, 2.0]], dtype=torch.float64)
     x_hat = torch.tensor([[1.0, 1.0], [3.0, 0.0], [2.0, 0.0]], dtype=torch.float64)
     metrics = ReconstructionMetrics()
-    metrics.update(x[:2], x_hat[:2], torch.tensor([[1.0, 0.0], [2.0, 3.0]]))
-    metrics.update(x[2:], x_hat[2:], torch.tensor([[1.0, 1.0]]))
+    metrics.update(x[:2], x_hat[:2], (torch.tensor([[0, 1], [0, 1]]), torch.tensor([[1.0, 0.0], [2.0, 3.0]])))
+    metrics.update(x[2:], x_hat[2:], (torch.tensor([[0, 1]]), torch.tensor([[1.0, 1.0]])))
     result = metrics.result()
     mean = x.mean(0)
     assert abs(result["fvu"] - (1 + 0 + 4) / 3 / ((x - mean).pow(2).sum(1).mean())) < 1e-9
     assert abs(result["mse"] - 5 / 6) < 1e-9
     assert abs(result["l0"] - 5 / 3) < 1e-9
+
+
+def test_l0_counts_an_atom_chosen_twice_once():
+    """Plain matching pursuit may pick an atom again; the token still uses one atom there
+    (as the reference implementation counts it, on its dense codes)."""
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    metrics = ReconstructionMetrics()
+    indices = torch.tensor([[3, 5, 3], [4, 4, 4]])
+    values = torch.tensor([[1.0, 0.5, 0.2], [1.0, -0.5, -0.5]])
+    metrics.update(x, x, (indices, values))
+    assert metrics.result()["l0"] == 1.0  # atoms 3 and 5; atom 4's coefficients sum to 0
 
 
 def test_next_token_losses_skip_bos_and_padding():

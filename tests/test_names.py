@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from itda_lens import names
-from itda_lens.activations import NnsightSource
+from itda_lens.nnsight_source import NnsightSource
 
 SITES = {
     "blocks.2.hook_resid_pre": "model.layers.2.input",

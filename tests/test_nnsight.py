@@ -24,14 +24,16 @@ from nnsight.tracing.backend import Backend
 
 import itda_lens.nnsight as itn
 from itda_lens import pursuit
-from itda_lens.activations import NnsightSource, TransformerLensSource
+from itda_lens.activations import TransformerLensSource
 from itda_lens.build import build
+from itda_lens.config import BuildSettings
+from itda_lens.nnsight_source import NnsightSource
 from itda_lens.text import file_documents, select_split, token_batches
 from itda_lens.transformer_lens import replace_hook
 
 HOOK = "blocks.3.hook_resid_post"
 LAYER = 3
-BUILD = dict(k=8, threshold=0.2, progress=False)
+BUILD = dict(settings=BuildSettings(k=8, threshold=0.2), progress=False)
 MODES = [False, "local", "server"]
 
 # ---------------------------------------------------------------- a simulated NDIF server

@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from itda_lens.config import BuildSettings
+
 pytest.importorskip("sae_lens")
 pytestmark = pytest.mark.tl3
 
@@ -38,7 +40,7 @@ def model(hooked):
 @pytest.fixture(scope="module")
 def itda(hooked, wikitext) -> ITDA:
     batches = token_batches(select_split(file_documents(wikitext), "train"), hooked.tokenizer, 64, 8, 2000)
-    return build(TransformerLensSource(hooked, [HOOK]), batches, k=16, threshold=0.15, progress=False).dictionaries[HOOK]
+    return build(TransformerLensSource(hooked, [HOOK]), batches, BuildSettings(k=16, threshold=0.15), progress=False).dictionaries[HOOK]
 
 
 @pytest.fixture

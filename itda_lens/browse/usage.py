@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from itda_lens.activations import ActivationSource
 from itda_lens.itda import ITDA, SparseCodes
-from itda_lens.metrics import ReconstructionMetrics
+from itda_lens.metrics import ReconstructionMetrics, merged_codes
 from itda_lens.text import TokenBatch
 
 #: Characters of held-out text kept on each side of a top context's token.
@@ -123,13 +123,7 @@ class AtomUsage:
         if n and int(indices.max()) >= self.n_atoms:
             raise ValueError(f"codes name atom {int(indices.max())} but the dictionary has {self.n_atoms} atoms.")
         # One entry per (token, atom): an atom chosen twice for a token counts once, with the summed coefficient.
-        indices, order = indices.sort(dim=1)
-        values = values.gather(1, order)
-        first = torch.ones_like(indices, dtype=torch.bool)
-        first[:, 1:] = indices[:, 1:] != indices[:, :-1]
-        group = first.long().cumsum(1) - 1
-        summed = torch.zeros_like(values).scatter_add_(1, group, values).gather(1, group)
-        keep = first & (summed != 0)
+        indices, summed, keep = merged_codes(indices, values)
         atom, summed = indices[keep], summed[keep]
         row = torch.arange(n)[:, None].expand(n, k)[keep]
         self.tokens += n
@@ -144,7 +138,7 @@ class AtomUsage:
 
     def add_reconstruction(self, x: Float[Tensor, "n d_model"], codes: SparseCodes, x_hat: Float[Tensor, "n d_model"]) -> None:
         """Add the tokens' reconstructions to :meth:`metrics`."""
-        self.reconstruction.update(x.detach().cpu(), x_hat.detach().cpu(), codes.values.detach().cpu())
+        self.reconstruction.update(x.detach().cpu(), x_hat.detach().cpu(), (codes.indices.detach().cpu(), codes.values.detach().cpu()))
 
     def _merge_top(self, atom: Tensor, value: Tensor, doc: Tensor, start: Tensor, end: Tensor) -> None:
         """Keep, per atom, the ``top`` entries of largest |value| among the old and new."""

@@ -82,14 +82,15 @@ def load_dictionaries(folder: Path) -> dict:
     """``{hook: ITDA}`` from a dictionary folder or a folder of dictionary folders (in
     natural order of their names, so ``blocks.10`` follows ``blocks.9``)."""
     from itda_lens.itda import CONFIG_FILE, ITDA
+    from itda_lens.reference import ATOMS_FILE
 
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no dictionary folder at {folder}.")
-    if (folder / CONFIG_FILE).exists() or (folder / "atoms.pt").exists():
+    if (folder / CONFIG_FILE).exists() or (folder / ATOMS_FILE).exists():
         folders = [folder]
     else:
-        folders = sorted((p for p in folder.iterdir() if (p / CONFIG_FILE).exists() or (p / "atoms.pt").exists()), key=_natural)
+        folders = sorted((p for p in folder.iterdir() if (p / CONFIG_FILE).exists() or (p / ATOMS_FILE).exists()), key=_natural)
     if not folders:
         raise FileNotFoundError(f"{folder} holds no dictionary (a folder with {CONFIG_FILE}) nor folders of them.")
     dictionaries = {}
@@ -105,12 +106,12 @@ def _natural(path: Path) -> list:
 
 def _model_layers(args, name: str, hooks: list[str] | None):
     from itda_lens.compare.model_layers import model_layers
-    from itda_lens.options import load_model, text_documents, token_batches
+    from itda_lens.options import build_settings, load_model, text_documents, token_batches
 
     documents = text_documents(args)
     model = load_model(args, name, args.backend)
     if args.backend == "nnsight":
-        from itda_lens.activations import NnsightSource
+        from itda_lens.nnsight_source import NnsightSource
 
         n_layers = model.config.num_hidden_layers
         source = NnsightSource(model, hooks or [f"blocks.{i}.hook_resid_post" for i in range(n_layers)], model_name=name)
@@ -123,7 +124,7 @@ def _model_layers(args, name: str, hooks: list[str] | None):
     if fraction is None:
         fraction = 1.0 if args.max_tokens is None else min(1.0, 2.0 * args.baseline_tokens / args.max_tokens)
     return model_layers(
-        source, token_batches(args, documents, model.tokenizer), name, k=args.k, threshold=args.threshold, max_atoms=args.max_atoms,
+        source, token_batches(args, documents, model.tokenizer), name, build_settings(args),
         record_fraction=fraction, device=args.device, progress=not args.no_progress, total_tokens=args.max_tokens,
     )
 

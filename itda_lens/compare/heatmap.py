@@ -1,4 +1,5 @@
-"""Layer x layer similarity matrices as a PNG of heatmaps (matplotlib, no display)."""
+"""Layer x layer similarity matrices as a PNG of heatmaps (matplotlib figures drawn
+without pyplot: no display, and the user's matplotlib backend is left alone)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,8 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import torch
+from matplotlib.figure import Figure
 from torch import Tensor
 
 
@@ -30,7 +28,8 @@ def similarity_heatmaps(
         raise ValueError("give at least one matrix to draw.")
     columns = min(columns, len(matrices))
     rows = math.ceil(len(matrices) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 3.1 * rows), squeeze=False)
+    fig = Figure(figsize=(3.4 * columns, 3.1 * rows))
+    axes = fig.subplots(rows, columns, squeeze=False)
     for ax, (measure, matrix) in zip(axes.flat, matrices.items()):
         values = matrix.detach().double().cpu()
         image = ax.imshow(values.numpy(), cmap="viridis", origin="upper", aspect="auto")
@@ -48,5 +47,4 @@ def similarity_heatmaps(
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)

@@ -12,6 +12,10 @@ occurrence when they come from the same document (content hash) and
 - ``by="token"``: sit at the same token index of the document, as in the ITDA paper
   (meaningful only when both models tokenise the same way).
 
+A dictionary read from the reference implementation's files keys its atoms by the
+reference's sequence index instead of a document hash (``config.build["doc"]``); keys of
+the two kinds never match, so comparing such dictionaries with each other is an error.
+
 ``J(A, B) = |A & B| / |A | B|``. Its null, :func:`expected_jaccard`, is the Jaccard
 expected when each dictionary's atoms are replaced by as many token occurrences drawn
 uniformly without replacement from the tokens it was built from.
@@ -28,9 +32,13 @@ from torch import Tensor
 
 from itda_lens.itda import ITDA
 from itda_lens.provenance import Provenance
+from itda_lens.reference import DOC_KIND as REFERENCE_DOC_KIND
 
 KeyMode = Literal["span", "token"]
 HasProvenance = ITDA | Provenance
+
+#: What ``provenance.doc`` holds in a dictionary built by itda-lens.
+DOCUMENT_HASH = "document hash"
 
 #: Probability below which a value of the shared-atoms count is left out of the null.
 _NEGLIGIBLE = 1e-18
@@ -42,6 +50,26 @@ def _provenance(value: HasProvenance) -> Provenance:
     if isinstance(value, Provenance):
         return value
     raise TypeError(f"expected an ITDA or a Provenance, got {type(value).__name__}.")
+
+
+def doc_kind(value: HasProvenance) -> str | None:
+    """What the atoms' document ids are: :data:`DOCUMENT_HASH`, the reference's sequence
+    index, or ``None`` for a bare :class:`Provenance` (which does not say)."""
+    if isinstance(value, ITDA):
+        return value.config.build.get("doc", DOCUMENT_HASH)
+    _provenance(value)
+    return None
+
+
+def check_same_doc_kind(values: list[HasProvenance]) -> None:
+    """Refuse dictionaries whose atoms are keyed by documents of different kinds (see the
+    module doc): their Jaccard would be 0 whatever their atoms."""
+    kinds = {kind for kind in map(doc_kind, values) if kind is not None}
+    if len(kinds) > 1:
+        raise ValueError(
+            f"the dictionaries key their atoms' documents differently ({' and '.join(sorted(kinds))}), so no atom "
+            f"can match; compare dictionaries of one kind (rebuild the {REFERENCE_DOC_KIND} ones with itda-lens on the same text)."
+        )
 
 
 def atom_keys(value: HasProvenance, by: KeyMode = "span", trim_whitespace: bool = True) -> set[tuple[int, int, int]]:
@@ -81,6 +109,7 @@ def atom_keys(value: HasProvenance, by: KeyMode = "span", trim_whitespace: bool 
 
 def jaccard(a: HasProvenance, b: HasProvenance, by: KeyMode = "span", trim_whitespace: bool = True) -> float:
     """``|A & B| / |A | B|`` of the two dictionaries' atom occurrences."""
+    check_same_doc_kind([a, b])
     keys_a, keys_b = atom_keys(a, by, trim_whitespace), atom_keys(b, by, trim_whitespace)
     return len(keys_a & keys_b) / len(keys_a | keys_b)
 
@@ -194,6 +223,7 @@ def jaccard_report(
     (``config.build["tokens"]``); the null is ``None`` when they are unknown, or when they
     differ and ``shared`` is not given.
     """
+    check_same_doc_kind([a, b])
     keys_a, keys_b = atom_keys(a, by, trim_whitespace), atom_keys(b, by, trim_whitespace)
     common = len(keys_a & keys_b)
     population_a = population_a if population_a is not None else built_tokens(a)

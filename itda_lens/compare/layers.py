@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from itda_lens.compare.jaccard import KeyMode, atom_keys
+from itda_lens.compare.jaccard import KeyMode, atom_keys, check_same_doc_kind
 from itda_lens.itda import ITDA
 
 PairKey = tuple[str, str]
@@ -35,8 +35,10 @@ def jaccard_matrix(
 ) -> Float[Tensor, "layers_a layers_b"]:
     """Jaccard of every dictionary of ``a`` with every dictionary of ``b`` (float64, in
     the order given)."""
-    keys_a = [atom_keys(d, by, trim_whitespace) for d in _values(dictionaries_a)]
-    keys_b = [atom_keys(d, by, trim_whitespace) for d in _values(dictionaries_b)]
+    values_a, values_b = _values(dictionaries_a), _values(dictionaries_b)
+    check_same_doc_kind(values_a + values_b)
+    keys_a = [atom_keys(d, by, trim_whitespace) for d in values_a]
+    keys_b = [atom_keys(d, by, trim_whitespace) for d in values_b]
     out = torch.empty(len(keys_a), len(keys_b), dtype=torch.float64)
     for i, ka in enumerate(keys_a):
         for j, kb in enumerate(keys_b):

@@ -17,8 +17,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from itda_lens.activations import ActivationSource
-from itda_lens.build import DEFAULT_THRESHOLD, build
+from itda_lens.build import build
 from itda_lens.compare.occurrences import DOC, END, START, batch_occurrences
+from itda_lens.config import DEFAULT_BUILD, BuildSettings
 from itda_lens.itda import ITDA
 from itda_lens.text import TokenBatch
 
@@ -97,24 +98,21 @@ def model_layers(
     source: ActivationSource,
     batches: Iterable[TokenBatch],
     name: str | None = None,
+    settings: BuildSettings = DEFAULT_BUILD,
     *,
-    k: int = 40,
-    threshold: float = DEFAULT_THRESHOLD,
-    max_atoms: int | None = None,
     record_fraction: float = 1.0,
     device: str | torch.device = "cpu",
     progress: bool = False,
     total_tokens: int | None = None,
 ) -> ModelLayers:
-    """Build a dictionary per hook of ``source`` on ``batches`` and record the activations
-    of a ``record_fraction`` of the token occurrences (see the module doc)."""
+    """Build a dictionary per hook of ``source`` on ``batches`` with ``settings`` and
+    record the activations of a ``record_fraction`` of the token occurrences (see the
+    module doc)."""
     recorder = RecordingSource(source, record_fraction)
     result = build(
         recorder,
         recorder.batches(batches),
-        k=k,
-        threshold=threshold,
-        max_atoms=max_atoms,
+        settings,
         device=device,
         progress=progress,
         total_tokens=total_tokens,
