@@ -38,6 +38,7 @@ from sae_lens.util import get_special_token_ids
 from torch import Tensor, nn
 
 from itda_lens import checks
+from itda_lens.config import DEFAULT_BUILD
 from itda_lens.itda import ITDA, ITDAConfig
 from itda_lens.provenance import Provenance
 
@@ -49,8 +50,8 @@ class ITDASAEConfig(SAEConfig):
     """SAELens configuration of an ITDA: ``k`` atoms per activation, ``refit`` as in
     :class:`itda_lens.ITDAConfig`."""
 
-    k: int = 40
-    refit: bool = True
+    k: int = DEFAULT_BUILD.k
+    refit: bool = DEFAULT_BUILD.refit
     apply_b_dec_to_input: bool = False
 
     def __post_init__(self) -> None:
