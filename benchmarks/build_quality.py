@@ -15,8 +15,8 @@ import json
 import time
 
 from itda_lens import BuildSettings, build, evaluate, load_model
-from itda_lens.activations import TransformerLensSource
-from itda_lens.text import file_documents, select_split, token_batches
+from itda_lens.core.activations import TransformerLensSource
+from itda_lens.core.text import file_documents, select_split, token_batches
 
 
 def main() -> None:

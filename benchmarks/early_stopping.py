@@ -17,9 +17,10 @@ import statistics
 
 import torch
 
-from itda_lens import BuildSettings, build, load_model, pursuit
-from itda_lens.activations import TransformerLensSource
-from itda_lens.text import file_documents, select_split, token_batches
+from itda_lens import BuildSettings, build, load_model
+from itda_lens.core import pursuit
+from itda_lens.core.activations import TransformerLensSource
+from itda_lens.core.text import file_documents, select_split, token_batches
 
 
 class Recorded:

@@ -15,7 +15,7 @@ heatmap PNG (mean cross-seed matrix per measure) and a JSON file with every matr
 
 The ITDA settings (``--k``, ``--threshold``, ``--max-atoms``) were chosen on pilot
 models (seeds 0-3, 400 training steps); the default run uses other seeds
-(``--first-seed 10``). Baselines use the defaults of :mod:`itda_lens.compare.similarity`.
+(``--first-seed 10``). Baselines use the defaults of :mod:`itda_lens.tools.compare.similarity`.
 Trained models are kept in ``--models-dir`` and loaded on later runs.
 
     python benchmarks/layer_matching.py --threads 2         # CPU defaults: ~2 min to train each model, ~3 min for the rest
@@ -44,18 +44,18 @@ from tiny_lm import (
     training_vocabulary,
 )
 
-from itda_lens.activations import TransformerLensSource
-from itda_lens.compare.comparison import (
+from itda_lens.core.activations import TransformerLensSource
+from itda_lens.core.config import BuildSettings
+from itda_lens.core.text import file_documents, select_split, token_batches
+from itda_lens.tools.compare.comparison import (
     ALL_MEASURES,
     JACCARD,
     jaccard_null_matrix,
     model_similarities,
 )
-from itda_lens.compare.heatmap import similarity_heatmaps
-from itda_lens.compare.layers import jaccard_matrix, matching_accuracy, ordered_pairs
-from itda_lens.compare.model_layers import model_layers
-from itda_lens.config import BuildSettings
-from itda_lens.text import file_documents, select_split, token_batches
+from itda_lens.tools.compare.heatmap import similarity_heatmaps
+from itda_lens.tools.compare.layers import jaccard_matrix, matching_accuracy, ordered_pairs
+from itda_lens.tools.compare.model_layers import model_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus" / "wikitext-2" / "valid.txt"
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     from transformers import AutoTokenizer
 
-    from itda_lens.models import embedded_model_path
+    from itda_lens.backends.models import embedded_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
     documents = list(file_documents(args.text_file))

@@ -1,6 +1,6 @@
 """Request sizes and time estimates for ITDA on NDIF: Llama-3.1-70B and 405B.
 
-Measured here (real nnsight serialisation, with ``itda_lens.nnsight.DryRunBackend``, of
+Measured here (real nnsight serialisation, with ``itda_lens.backends.nnsight.DryRunBackend``, of
 traces on the embedded SmolLM2 carrying payloads of the big models' widths):
   - the request of one activation-collection trace (token ids, read one layer, stop);
   - the request of a steer (one atom) and of a splice/ablation (the whole dictionary);
@@ -21,7 +21,7 @@ import warnings
 
 import torch
 
-from itda_lens.config import BuildSettings
+from itda_lens.core.config import BuildSettings
 
 #: Public architecture facts of the models NDIF hosts (Llama 3.1 model cards / configs).
 MODELS = {
@@ -49,8 +49,8 @@ def _options() -> argparse.Namespace:
 
 def _measure_requests(model, d_model: int, n_atoms: int, batch: int, seq_len: int) -> dict[str, float]:
     """Serialised request sizes (bytes, zstd-compressed as sent) at width ``d_model``."""
-    import itda_lens.nnsight as itn
-    from itda_lens.itda import ITDA
+    import itda_lens.backends.nnsight as itn
+    from itda_lens.core.itda import ITDA
 
     tokens = torch.randint(1000, 20000, (batch, seq_len))
     attention = torch.ones_like(tokens)
@@ -75,7 +75,7 @@ def _measure_requests(model, d_model: int, n_atoms: int, batch: int, seq_len: in
 
 def _builder_seconds_per_token(d_model: int, n_atoms: int, k: int, tokens: int = 256) -> float:
     """Client time per token to encode with a full dictionary (the builder's main cost)."""
-    from itda_lens import pursuit
+    from itda_lens.core import pursuit
 
     torch.manual_seed(0)
     atoms = torch.nn.functional.normalize(torch.randn(n_atoms, d_model), dim=1)
@@ -89,7 +89,7 @@ def _builder_seconds_per_token(d_model: int, n_atoms: int, k: int, tokens: int =
 
 def main() -> None:
     options = _options()
-    from itda_lens.models import load_model
+    from itda_lens.backends.models import load_model
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from itda_lens.text import token_batches
+from itda_lens.core.text import token_batches
 
 
 @dataclass(frozen=True)

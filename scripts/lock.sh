@@ -2,7 +2,7 @@
 # Record the exact versions in .venv and .venv-tl3 as requirements/tl4.txt and tl3.txt, the
 # files scripts/setup.sh installs from, after the suite passed there. For an upgrade:
 #   ITDA_LENS_VERSIONS=latest bash scripts/test.sh && ITDA_LENS_VERSIONS=latest bash scripts/lock.sh
-# records .venv-latest and .venv-tl3-latest instead. Then set itda_lens/versions.py's TESTED
+# records .venv-latest and .venv-tl3-latest instead. Then set itda_lens/backends/versions.py's TESTED
 # to the new versions (tests/test_versions.py checks that they agree).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -2,7 +2,7 @@
 
 ``python tests/cli_processes.py CASES.json RESULTS.json WORKERS`` imports what the
 command imports (torch, transformers and TransformerLens: seconds) once, then forks one process per case that
-runs ``itda_lens.cli`` as ``__main__`` exactly as ``python -m itda_lens.cli ARGS`` does,
+runs ``itda_lens.tools.cli`` as ``__main__`` exactly as ``python -m itda_lens.tools.cli ARGS`` does,
 in the case's folder, with its stdout and stderr in files. ``CASES.json`` is a list of
 ``{"argv": [...], "cwd": "...", "stdout": "...", "stderr": "...", "env": {...}}`` (``env``
 added to the environment); ``RESULTS.json``
@@ -21,9 +21,9 @@ import traceback
 import transformer_lens.model_bridge  # noqa: F401  (what the command imports, once for all cases)
 import transformers  # noqa: F401
 
-import itda_lens.browse.cli  # noqa: F401
-import itda_lens.compare.cli  # noqa: F401
-import itda_lens.models  # noqa: F401
+import itda_lens.backends.models  # noqa: F401
+import itda_lens.tools.browse.cli  # noqa: F401
+import itda_lens.tools.compare.cli  # noqa: F401
 
 
 def _child(case: dict) -> int:
@@ -34,7 +34,7 @@ def _child(case: dict) -> int:
     os.environ.update(case.get("env", {}))
     sys.argv = ["itda-lens", *case["argv"]]
     try:
-        runpy.run_module("itda_lens.cli", run_name="__main__", alter_sys=True)
+        runpy.run_module("itda_lens.tools.cli", run_name="__main__", alter_sys=True)
     except SystemExit as exit:
         if exit.code is None or isinstance(exit.code, int):
             return exit.code or 0

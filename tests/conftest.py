@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from itda_lens.config import BuildSettings
+from itda_lens.core.config import BuildSettings
 
 WIKITEXT = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "wikitext-2" / "valid.txt"
 
@@ -25,7 +25,7 @@ def smollm2_tokenizer():
     try:
         from transformers import AutoTokenizer
 
-        from itda_lens.models import embedded_model_path
+        from itda_lens.backends.models import embedded_model_path
 
         return AutoTokenizer.from_pretrained(embedded_model_path())
     except (ModuleNotFoundError, OSError) as err:
@@ -35,7 +35,7 @@ def smollm2_tokenizer():
 @pytest.fixture(scope="session")
 def bridge():
     """SmolLM2-135M-Instruct as a TransformerLens TransformerBridge."""
-    from itda_lens.models import load_model
+    from itda_lens.backends.models import load_model
 
     torch.manual_seed(0)
     return load_model(backend="transformer_lens")
@@ -51,7 +51,7 @@ def nnsight_model():
     """SmolLM2-135M-Instruct as an nnsight LanguageModel (its own copy of the weights)."""
     import warnings
 
-    from itda_lens.models import load_model
+    from itda_lens.backends.models import load_model
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # LanguageModel is a deprecated alias of TransformersModel in nnsight 0.8
@@ -61,7 +61,7 @@ def nnsight_model():
 @pytest.fixture(scope="session")
 def hooked_transformer():
     """SmolLM2-135M-Instruct as a TransformerLens 3.x HookedTransformer (skipped on 4.x)."""
-    from itda_lens.models import load_model
+    from itda_lens.backends.models import load_model
 
     pytest.importorskip("transformer_lens", reason="TransformerLens is not installed")
     try:
@@ -75,9 +75,9 @@ def hooked_transformer():
 def dictionaries(bridge, wikitext):
     """Small real dictionaries at blocks.3 and blocks.15.hook_resid_post, built from 3,000
     training tokens of WikiText."""
-    from itda_lens.activations import TransformerLensSource
-    from itda_lens.build import build
-    from itda_lens.text import file_documents, select_split, token_batches
+    from itda_lens.core.activations import TransformerLensSource
+    from itda_lens.core.build import build
+    from itda_lens.core.text import file_documents, select_split, token_batches
 
     hooks = ["blocks.3.hook_resid_post", "blocks.15.hook_resid_post"]
     batches = token_batches(select_split(file_documents(wikitext), "train"), bridge.tokenizer, 64, 8, 3000)
@@ -87,6 +87,6 @@ def dictionaries(bridge, wikitext):
 @pytest.fixture(scope="session")
 def hf_model():
     """SmolLM2-135M-Instruct as a plain transformers model, its own copy of the weights."""
-    from itda_lens.models import load_model
+    from itda_lens.backends.models import load_model
 
     return load_model(backend="hf")

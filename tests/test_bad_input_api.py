@@ -23,11 +23,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import itda_lens.nnsight as itn
+import itda_lens.backends.nnsight as itn
 from itda_lens import ITDA, FormatError, ITDAConfig, Provenance
-from itda_lens.attribution import attribute, log_prob, logit_diff, measure_ablations
-from itda_lens.ops import position_mask
-from itda_lens.transformer_lens import attach
+from itda_lens.backends.transformer_lens import attach
+from itda_lens.core.ops import position_mask
+from itda_lens.tools.attribution import attribute, log_prob, logit_diff, measure_ablations
 
 HOOK = "blocks.3.hook_resid_post"
 LAYER = 3
@@ -524,7 +524,7 @@ ATTACH_CASES = {
 
 @pytest.mark.parametrize("call, error, message", list(ATTACH_CASES.values()), ids=list(ATTACH_CASES))
 def test_attach_refuses_nonsense(bridge, tl_itda, call, error, message):
-    from itda_lens.transformer_lens import attachments
+    from itda_lens.backends.transformer_lens import attachments
 
     with pytest.raises(error, match=message):
         call(bridge, tl_itda)

@@ -2,10 +2,10 @@
 
 Every case must end with status 2 (130 for Ctrl-C) and exactly one line on stderr that
 names the option or the fix, with no traceback; files that were there before must be
-unchanged. Each case is its own process running ``itda_lens.cli`` as ``__main__`` from
+unchanged. Each case is its own process running ``itda_lens.tools.cli`` as ``__main__`` from
 this checkout, offline: forks of one interpreter that has imported torch
 (``tests/cli_processes.py``), so that sixty cases cost seconds, not minutes. Ctrl-C, and
-one case repeated to show that both give the same, run as ``python -m itda_lens.cli``.
+one case repeated to show that both give the same, run as ``python -m itda_lens.tools.cli``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from itda_lens.itda import ITDA
+from itda_lens.core.itda import ITDA
 
 REPO = Path(__file__).resolve().parents[1]
 HOOK = "blocks.0.hook_resid_post"
@@ -42,7 +42,7 @@ def _environment() -> dict[str, str]:
 
 
 def run_cli(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "itda_lens.cli", *argv]
+    command = [sys.executable, "-m", "itda_lens.tools.cli", *argv]
     return subprocess.run(command, capture_output=True, text=True, env=_environment(), cwd=cwd, timeout=600)
 
 
@@ -266,7 +266,7 @@ def test_python_m_gives_what_the_forks_give(outcomes):
 
 def test_ctrl_c_says_where_the_checkpoint_is(tmp_path):
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "itda_lens.cli", "train", "--hook", HOOK, "--out", str(out), "--max-tokens", "100000",
+    command = [sys.executable, "-m", "itda_lens.tools.cli", "train", "--hook", HOOK, "--out", str(out), "--max-tokens", "100000",
                "--seq-len", "32", "--batch-size", "2", "--k", "4", "--checkpoint-every", "1", "--no-progress"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_environment())
     state = out / ".checkpoint" / "state.json"

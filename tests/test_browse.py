@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from itda_lens import ITDA, Provenance, SparseCodes, build
-from itda_lens.activations import TransformerLensSource
-from itda_lens.browse import AtomUsage, atom_usage, browser_data, write_browser
-from itda_lens.browse.cli import add_browse_parser, run_browse
-from itda_lens.config import BuildSettings
-from itda_lens.provenance import document_id
-from itda_lens.text import file_documents, select_split, token_batches
+from itda_lens.core.activations import TransformerLensSource
+from itda_lens.core.config import BuildSettings
+from itda_lens.core.provenance import document_id
+from itda_lens.core.text import file_documents, select_split, token_batches
+from itda_lens.tools.browse import AtomUsage, atom_usage, browser_data, write_browser
+from itda_lens.tools.browse.cli import add_browse_parser, run_browse
 
 HOOK = "blocks.2.hook_resid_post"
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
@@ -309,7 +309,7 @@ def test_browser_stays_fast_for_25k_atoms(tmp_path, wikitext):
 def test_attribution_plot_writes_a_png(tmp_path):
     from PIL import Image
 
-    from itda_lens.plots import attribution_plot
+    from itda_lens.tools.plots import attribution_plot
 
     path = attribution_plot([12, 400, 7], [0.8, -0.5, 0.01], [" the", "lobster\n", "x" * 90], tmp_path / "attribution.png")
     width, height = Image.open(path).size

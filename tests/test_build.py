@@ -3,12 +3,12 @@ import json
 import pytest
 import torch
 
-from itda_lens import pursuit
-from itda_lens.activations import TransformerLensSource
-from itda_lens.build import DictionaryBuilder, build, checkpoint_folders, find_checkpoint
-from itda_lens.config import BuildSettings
-from itda_lens.provenance import document_id
-from itda_lens.text import file_documents, select_split, token_batches
+from itda_lens.core import pursuit
+from itda_lens.core.activations import TransformerLensSource
+from itda_lens.core.build import DictionaryBuilder, build, checkpoint_folders, find_checkpoint
+from itda_lens.core.config import BuildSettings
+from itda_lens.core.provenance import document_id
+from itda_lens.core.text import file_documents, select_split, token_batches
 
 HOOK = "blocks.3.hook_resid_post"
 

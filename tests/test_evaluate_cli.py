@@ -6,15 +6,15 @@ import json
 import pytest
 import torch
 
-from itda_lens import cli
-from itda_lens.activations import TransformerLensSource
-from itda_lens.build import build
-from itda_lens.cli import main
-from itda_lens.config import BuildSettings
-from itda_lens.evaluate import evaluate
-from itda_lens.itda import ITDA
-from itda_lens.metrics import next_token_losses
-from itda_lens.text import file_documents, select_split, token_batches
+from itda_lens.core.activations import TransformerLensSource
+from itda_lens.core.build import build
+from itda_lens.core.config import BuildSettings
+from itda_lens.core.itda import ITDA
+from itda_lens.core.metrics import next_token_losses
+from itda_lens.core.text import file_documents, select_split, token_batches
+from itda_lens.tools import cli
+from itda_lens.tools.cli import main
+from itda_lens.tools.evaluate import evaluate
 
 HOOK = "blocks.4.hook_resid_post"
 

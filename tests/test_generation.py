@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from itda_lens.transformer_lens import attach, detach
+from itda_lens.backends.transformer_lens import attach, detach
 
 pytestmark = pytest.mark.tl3
 

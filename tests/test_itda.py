@@ -5,7 +5,7 @@ import torch
 import yaml
 
 from itda_lens import ITDA, FormatError, Provenance
-from itda_lens import itda as itda_module
+from itda_lens.core import itda as itda_module
 
 
 @pytest.fixture

@@ -9,12 +9,12 @@ from typing import ClassVar
 import pytest
 import torch
 
-from itda_lens.build import build
-from itda_lens.compare import atom_keys, expected_jaccard, jaccard, jaccard_report
-from itda_lens.config import BuildSettings
-from itda_lens.itda import ITDA
-from itda_lens.provenance import Provenance
-from itda_lens.text import file_documents, token_batches
+from itda_lens.core.build import build
+from itda_lens.core.config import BuildSettings
+from itda_lens.core.itda import ITDA
+from itda_lens.core.provenance import Provenance
+from itda_lens.core.text import file_documents, token_batches
+from itda_lens.tools.compare import atom_keys, expected_jaccard, jaccard, jaccard_report
 
 # ----------------------------------------------------------------------------- fixtures
 

@@ -9,7 +9,9 @@ import json
 import pytest
 import torch
 
-from itda_lens.compare import (
+from itda_lens.core.config import BuildSettings
+from itda_lens.core.text import file_documents, token_batches
+from itda_lens.tools.compare import (
     ALL_MEASURES,
     JACCARD,
     compare_dictionaries,
@@ -24,10 +26,8 @@ from itda_lens.compare import (
     model_layers,
     model_similarities,
 )
-from itda_lens.compare.layers import ordered_pairs
-from itda_lens.compare.occurrences import shared_rows, trimmed_span
-from itda_lens.config import BuildSettings
-from itda_lens.text import file_documents, token_batches
+from itda_lens.tools.compare.layers import ordered_pairs
+from itda_lens.tools.compare.occurrences import shared_rows, trimmed_span
 
 # ------------------------------------------------------------------- matching by hand
 
@@ -101,7 +101,7 @@ def tiny_llama(tokenizer, seed: int, layers: int = 3):
 def layers_of(model, tokenizer, documents, name: str, record_fraction: float = 1.0):
     from transformer_lens.model_bridge import TransformerBridge
 
-    from itda_lens.activations import TransformerLensSource
+    from itda_lens.core.activations import TransformerLensSource
 
     bridge = TransformerBridge.boot_transformers(name, hf_model=model, tokenizer=tokenizer)
     hooks = [f"blocks.{i}.hook_resid_post" for i in range(model.config.num_hidden_layers)]
@@ -134,8 +134,8 @@ def test_a_model_against_itself_matches_every_layer(two_seeds):
 
 
 def test_many_models_share_rows_and_cached_rbf_cka_is_rbf_cka(two_seeds):
-    from itda_lens.compare import similarity_matrix
-    from itda_lens.compare.comparison import shared_token_rows
+    from itda_lens.tools.compare import similarity_matrix
+    from itda_lens.tools.compare.comparison import shared_token_rows
 
     a, b = two_seeds
     rows_a, rows_b = shared_token_rows([a, b], max_tokens=300)
@@ -149,7 +149,7 @@ def test_many_models_share_rows_and_cached_rbf_cka_is_rbf_cka(two_seeds):
         assert torch.allclose(found[measure][("seed0", "seed1")], direct, atol=1e-12, rtol=0), measure
     assert torch.allclose(found["rbf_cka"][("seed0", "seed0")], similarity_matrix(acts_a, acts_a, "rbf_cka"), atol=1e-12, rtol=0)
     # With a subsample smaller than the rows, the same rows as rbf_cka's own.
-    from itda_lens.compare.comparison import _rbf_cka_matrices
+    from itda_lens.tools.compare.comparison import _rbf_cka_matrices
 
     subsampled = _rbf_cka_matrices({"a": acts_a, "b": acts_b}, [("a", "b")], max_tokens=100, seed=3)[("a", "b")]
     assert torch.allclose(subsampled, similarity_matrix(acts_a, acts_b, "rbf_cka", max_tokens=100, seed=3), atol=1e-12, rtol=0)
@@ -202,7 +202,7 @@ def save_layers(layers, folder):
 
 
 def compare_args(*argv: str) -> argparse.Namespace:
-    from itda_lens.compare.cli import add_compare_parser
+    from itda_lens.tools.compare.cli import add_compare_parser
 
     parser = argparse.ArgumentParser()
     add_compare_parser(parser.add_subparsers(dest="command"))
@@ -210,7 +210,7 @@ def compare_args(*argv: str) -> argparse.Namespace:
 
 
 def test_compare_saved_dictionaries(two_seeds, tmp_path):
-    from itda_lens.compare.cli import run_compare
+    from itda_lens.tools.compare.cli import run_compare
 
     a, b = (save_layers(layers, tmp_path / layers.name) for layers in two_seeds)
     result = run_compare(compare_args("--dictionaries-a", str(a), "--dictionaries-b", str(b), "--by", "token", "--out", str(tmp_path / "out")))
@@ -226,7 +226,7 @@ def test_compare_saved_dictionaries(two_seeds, tmp_path):
 
 @pytest.mark.parametrize("backend", ["transformer_lens", "nnsight"])
 def test_compare_command_on_two_model_folders(backend, smollm2_tokenizer, wikitext, tmp_path):
-    from itda_lens.compare.cli import run_compare
+    from itda_lens.tools.compare.cli import run_compare
 
     if backend == "nnsight":
         pytest.importorskip("nnsight")
@@ -249,7 +249,7 @@ def test_compare_command_on_two_model_folders(backend, smollm2_tokenizer, wikite
 
 
 def test_compare_command_rejects_mixed_inputs(tmp_path):
-    from itda_lens.compare.cli import run_compare
+    from itda_lens.tools.compare.cli import run_compare
 
     with pytest.raises(ValueError, match="not both"):
         run_compare(compare_args("--model-a", "x", "--dictionaries-b", "y", "--out", str(tmp_path / "o")))

@@ -1,6 +1,6 @@
 import torch
 
-from itda_lens.metrics import LossMetrics, ReconstructionMetrics, next_token_losses
+from itda_lens.core.metrics import LossMetrics, ReconstructionMetrics, next_token_losses
 
 
 def test_fvu_divides_means_over_all_tokens():

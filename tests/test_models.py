@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from itda_lens.models import check_device, check_dtype, load_hf, load_model
+from itda_lens.backends.models import check_device, check_dtype, load_hf, load_model
 
 
 @pytest.mark.parametrize(

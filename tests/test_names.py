@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from itda_lens import names
-from itda_lens.nnsight_source import NnsightSource
+from itda_lens.backends import names
+from itda_lens.backends.nnsight_source import NnsightSource
 
 SITES = {
     "blocks.2.hook_resid_pre": "model.layers.2.input",

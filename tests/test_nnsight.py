@@ -22,14 +22,14 @@ from nnsight.intervention.backends.local import LocalSimulationBackend
 from nnsight.intervention.backends.remote import RemoteBackend, RemoteError
 from nnsight.tracing.backend import Backend
 
-import itda_lens.nnsight as itn
-from itda_lens import pursuit
-from itda_lens.activations import TransformerLensSource
-from itda_lens.build import build
-from itda_lens.config import BuildSettings
-from itda_lens.nnsight_source import NnsightSource
-from itda_lens.text import file_documents, select_split, token_batches
-from itda_lens.transformer_lens import replace_hook
+import itda_lens.backends.nnsight as itn
+from itda_lens.backends.nnsight_source import NnsightSource
+from itda_lens.backends.transformer_lens import replace_hook
+from itda_lens.core import pursuit
+from itda_lens.core.activations import TransformerLensSource
+from itda_lens.core.build import build
+from itda_lens.core.config import BuildSettings
+from itda_lens.core.text import file_documents, select_split, token_batches
 
 HOOK = "blocks.3.hook_resid_post"
 LAYER = 3

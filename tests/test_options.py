@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from itda_lens.cli import command_parser
-from itda_lens.config import BuildSettings, CorpusSettings, ModelSettings
-from itda_lens.options import build_settings, corpus_settings, model_settings
+from itda_lens.core.config import BuildSettings, CorpusSettings, ModelSettings
+from itda_lens.tools.cli import command_parser
+from itda_lens.tools.options import build_settings, corpus_settings, model_settings
 
 TRAIN = ["train", "--hook", "blocks.0.hook_resid_post", "--out", "runs/x"]
 

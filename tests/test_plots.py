@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from itda_lens.plots import attribution_plot, growth_plot
+from itda_lens.tools.plots import attribution_plot, growth_plot
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -21,7 +21,7 @@ for module in pkgutil.walk_packages(itda_lens.__path__, "itda_lens."):
         importlib.import_module(module.name)
     except ModuleNotFoundError as err:
         print("skipped", module.name, err, file=sys.stderr)
-from itda_lens.plots import growth_plot
+from itda_lens.tools.plots import growth_plot
 growth_plot({"hook": [[1, 1, 0.5], [2, 2, 0.25]]}, sys.argv[1])
 import matplotlib
 print(matplotlib.get_backend())

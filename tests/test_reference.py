@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from itda_lens.compare import jaccard, jaccard_matrix
-from itda_lens.itda import ITDA, relative_error
-from itda_lens.provenance import Provenance
-from itda_lens.reference import relative_threshold
+from itda_lens.core.itda import ITDA, relative_error
+from itda_lens.core.provenance import Provenance
+from itda_lens.core.reference import relative_threshold
+from itda_lens.tools.compare import jaccard, jaccard_matrix
 
 
 def reference_loss(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:

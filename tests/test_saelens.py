@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from itda_lens.config import BuildSettings
+from itda_lens.core.config import BuildSettings
 
 pytest.importorskip("sae_lens")
 pytestmark = pytest.mark.tl3
@@ -14,12 +14,12 @@ pytestmark = pytest.mark.tl3
 from sae_lens import SAE  # noqa: E402
 
 from itda_lens import ITDA  # noqa: E402
-from itda_lens.activations import TransformerLensSource  # noqa: E402
-from itda_lens.build import build  # noqa: E402
-from itda_lens.evaluate import evaluate  # noqa: E402
-from itda_lens.saelens import ITDASAE, ITDASAEConfig, hooked_sae_transformer, sae_transformer_bridge  # noqa: E402
-from itda_lens.text import TokenBatch, file_documents, select_split, token_batches  # noqa: E402
-from itda_lens.transformer_lens import attach  # noqa: E402
+from itda_lens.backends.saelens import ITDASAE, ITDASAEConfig, hooked_sae_transformer, sae_transformer_bridge  # noqa: E402
+from itda_lens.backends.transformer_lens import attach  # noqa: E402
+from itda_lens.core.activations import TransformerLensSource  # noqa: E402
+from itda_lens.core.build import build  # noqa: E402
+from itda_lens.core.text import TokenBatch, file_documents, select_split, token_batches  # noqa: E402
+from itda_lens.tools.evaluate import evaluate  # noqa: E402
 
 HOOK = "blocks.3.hook_resid_post"
 PROMPT = "The capital of France is Paris, and the capital of Germany is Berlin."
@@ -27,7 +27,7 @@ PROMPT = "The capital of France is Paris, and the capital of Germany is Berlin."
 
 @pytest.fixture(scope="module")
 def hooked():
-    from itda_lens.models import load_model
+    from itda_lens.backends.models import load_model
 
     return load_model(backend="hooked_transformer")
 
@@ -94,7 +94,7 @@ def test_spliced_run_and_feature_ablation_match_attach(model, hooked, sae, itda)
 
 @torch.no_grad()
 def test_sae_transformer_bridge_leaves_bos_alone_like_attach(sae, itda):
-    from itda_lens.models import load_model
+    from itda_lens.backends.models import load_model
 
     bridge = load_model()
     tokens = bridge.to_tokens(PROMPT)

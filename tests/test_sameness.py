@@ -16,10 +16,10 @@ import nnsight
 import pytest
 import torch
 
-import itda_lens.nnsight as itn
-from itda_lens import ops
-from itda_lens.attribution import attribute, logit_diff, measure_ablations
-from itda_lens.transformer_lens import attach, detach
+import itda_lens.backends.nnsight as itn
+from itda_lens.backends.transformer_lens import attach, detach
+from itda_lens.core import ops
+from itda_lens.tools.attribution import attribute, logit_diff, measure_ablations
 
 HOOK = "blocks.15.hook_resid_post"
 MODULE = "model.layers.15"

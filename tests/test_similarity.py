@@ -1,4 +1,4 @@
-"""Tests for itda_lens.compare.similarity against direct textbook implementations."""
+"""Tests for itda_lens.tools.compare.similarity against direct textbook implementations."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-import itda_lens.compare.similarity as sim
-from itda_lens.compare import (
+import itda_lens.tools.compare.similarity as sim
+from itda_lens.tools.compare import (
     MEASURES,
     debiased_cka,
     linear_cka,

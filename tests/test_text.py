@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from itda_lens.provenance import document_id
-from itda_lens.text import WINDOW_CHARS, builtin_documents, file_documents, select_split, token_batches
+from itda_lens.core.provenance import document_id
+from itda_lens.core.text import WINDOW_CHARS, builtin_documents, file_documents, select_split, token_batches
 
 
 def test_wikitext_splits_at_article_titles(wikitext):
@@ -118,7 +118,7 @@ def test_bos_only_when_asked(tokenizer):
 
 
 def test_hugging_face_datasets_stream(tmp_path):
-    from itda_lens.text import hf_documents
+    from itda_lens.core.text import hf_documents
 
     path = tmp_path / "rows.jsonl"
     path.write_text("\n".join(json.dumps({"body": f"document {i}"}) for i in range(3)))

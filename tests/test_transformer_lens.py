@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from itda_lens import ITDA, evaluate
-from itda_lens.attribution import attribute, attribute_all, log_prob, logit_diff, measure_ablations, spearman
-from itda_lens.metrics import next_token_losses
-from itda_lens.ops import NOT_ENCODED, position_mask
-from itda_lens.text import file_documents, select_split, token_batches
-from itda_lens.transformer_lens import attach, attach_all, attached, attachments, detach
+from itda_lens.backends.transformer_lens import attach, attach_all, attached, attachments, detach
+from itda_lens.core.metrics import next_token_losses
+from itda_lens.core.ops import NOT_ENCODED, position_mask
+from itda_lens.core.text import file_documents, select_split, token_batches
+from itda_lens.tools.attribution import attribute, attribute_all, log_prob, logit_diff, measure_ablations, spearman
 
 pytestmark = pytest.mark.tl3
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from itda_lens import versions
+from itda_lens.backends import versions
 
 LOCKS = sorted((Path(__file__).resolve().parents[1] / "requirements").glob("*.txt"))
 

@@ -20,7 +20,7 @@ _LITERAL = re.compile(r"::</p>")
 
 
 def _parsers() -> dict[str, argparse.ArgumentParser]:
-    from itda_lens import cli
+    from itda_lens.tools import cli
 
     os.environ["COLUMNS"] = "88"  # argparse wraps help text at the terminal width
     main = cli._parser()
@@ -31,7 +31,7 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
             found.update(action.choices)
             subparsers = action
     # Commands whose modules provide a parser the top level may not have wired yet.
-    extra = {"browse": "itda_lens.browse.cli:add_browse_parser", "compare": "itda_lens.compare.cli:add_compare_parser"}
+    extra = {"browse": "itda_lens.tools.browse.cli:add_browse_parser", "compare": "itda_lens.tools.compare.cli:add_compare_parser"}
     for name, target in extra.items():
         if name not in found:
             module, function = target.split(":")

@@ -1,0 +1,2 @@
+"""Backends: the only modules that import the libraries they adapt (TransformerLens,
+nnsight, SAE Lens, transformers). Each offers the same verbs."""

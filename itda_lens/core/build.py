@@ -1,0 +1,362 @@
+"""Greedy construction of ITDA dictionaries from streamed activations.
+
+The settings are a :class:`~itda_lens.core.config.BuildSettings`. For each hook point,
+activations arrive in stream order and are taken ``step_tokens`` at a time. Each is
+encoded with the current dictionary; one whose relative error ``||x - x_hat||^2 /
+||x||^2`` exceeds ``threshold`` becomes a candidate atom (its unit vector). Candidates
+are accepted in stream order, except one that an earlier accepted candidate of the same
+step already explains alone (``1 - cos^2 <= threshold``), so the dictionary never holds
+duplicates. Building stops adding at ``max_atoms``. A token's
+encoding stops early once it is surely within the threshold (it cannot become an atom),
+which changes the time a build takes, not the dictionary.
+
+A build writes a checkpoint every ``checkpoint_every`` batches and when interrupted or
+failing (of the batches finished by then); started again with the same settings and
+text it resumes from there and ends with exactly the dictionary an uninterrupted build
+gives. A checkpoint is written beside the previous one and swapped in, so a complete one
+is never lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from itda_lens.core import ops, pursuit
+from itda_lens.core.activations import ActivationSource
+from itda_lens.core.config import DEFAULT_BUILD, BuildSettings, CorpusSettings, ModelSettings
+from itda_lens.core.files import MAX_CONFIG_BYTES, read_regular_file
+from itda_lens.core.itda import ITDA, ITDAConfig, relative_error
+from itda_lens.core.provenance import Provenance
+from itda_lens.core.text import TokenBatch
+
+STATE_FILE = "state.json"
+#: Batches between checkpoints.
+CHECKPOINT_EVERY = 50
+
+
+class DictionaryBuilder:
+    """The growing dictionary of one hook point."""
+
+    def __init__(self, d_model: int, settings: BuildSettings = DEFAULT_BUILD, device: str | torch.device = "cpu"):
+        if not isinstance(settings, BuildSettings):
+            raise TypeError(f"settings must be a BuildSettings, got {type(settings).__name__}.")
+        self.d_model, self.settings, self.device = d_model, settings, torch.device(device)
+        self.k, self.threshold, self.max_atoms = settings.k, settings.threshold, settings.max_atoms
+        self.n_atoms = 0
+        self.groups: list[int] = []  # dictionary size after each addition, to rebuild the Gram matrix exactly
+        self.provenance: list[Provenance] = []
+        self._atoms = torch.empty(0, d_model, device=self.device)
+        self._gram: Tensor | None = torch.empty(0, 0, device=self.device)
+
+    @property
+    def atoms(self) -> Float[Tensor, "n_atoms d_model"]:
+        return self._atoms[: self.n_atoms]
+
+    @property
+    def full(self) -> bool:
+        return self.max_atoms is not None and self.n_atoms >= self.max_atoms
+
+    def update(self, x: Float[Tensor, "n d_model"]) -> tuple[list[int], float]:
+        """Offer activations in stream order; returns the rows that became atoms and the
+        share of the rows encoded (none once full: NaN) that were reconstructed worse than
+        the threshold."""
+        if x.shape[-1] != self.d_model:
+            raise ValueError(f"activations of width {x.shape[-1]} offered to a builder of width {self.d_model}.")
+        x = x.to(self.device, torch.float32)
+        finite = torch.isfinite(x).all(dim=1)
+        if not finite.all():
+            raise ValueError(
+                f"{int((~finite).sum())} of {len(x)} activations contain NaN or inf; "
+                "check the model's dtype (float16 overflows) and its inputs."
+            )
+        accepted: list[int] = []
+        worse = encoded = 0
+        step = self.settings.step_tokens
+        for start in range(0, len(x), step):
+            if self.full:
+                break
+            chunk = x[start : start + step]
+            poor = chunk.norm(dim=1) > 0
+            if self.n_atoms:
+                # A token stops encoding once surely within the threshold: it cannot become an atom.
+                k = min(self.k, self.n_atoms)
+                idx, val = pursuit.pursuit(chunk, self.atoms, k, gram=self._gram_view(), refit=self.settings.refit, tolerance=self.threshold)
+                poor &= relative_error(chunk, pursuit.decode(idx, val, self.atoms)) > self.threshold
+            candidates = torch.nonzero(poor)[:, 0]
+            worse, encoded = worse + len(candidates), encoded + len(chunk)
+            keep = self._independent(F.normalize(chunk[candidates], dim=1))
+            if self.max_atoms is not None:
+                keep = keep[: self.max_atoms - self.n_atoms]
+            if keep:
+                rows = candidates[keep]
+                self._append(F.normalize(chunk[rows], dim=1))
+                accepted.extend((rows + start).tolist())
+        return accepted, worse / encoded if encoded else float("nan")
+
+    def _independent(self, units: Float[Tensor, "c d_model"]) -> list[int]:
+        """Candidates (in order) that no earlier kept candidate explains alone."""
+        explains = ((units @ units.T).pow(2) >= 1.0 - self.threshold).cpu().numpy()
+        keep: list[int] = []
+        for j in range(len(units)):
+            if not explains[j, keep].any():
+                keep.append(j)
+        return keep
+
+    def _gram_view(self) -> Tensor | None:
+        if self._gram is None:
+            return None
+        return self._gram[: self.n_atoms, : pursuit.padded_width(self.n_atoms)]
+
+    def _append(self, units: Float[Tensor, "a d_model"]) -> None:
+        old, new = self.n_atoms, self.n_atoms + len(units)
+        if new > len(self._atoms):
+            self._grow(new)
+        self._atoms[old:new] = units
+        if self._gram is not None:
+            block = self._atoms[old:new] @ self._atoms[:new].T
+            self._gram[old:new, :new] = block
+            self._gram[:new, old:new] = block.T
+        self.n_atoms = new
+        self.groups.append(new)
+
+    def _grow(self, needed: int) -> None:
+        capacity = max(needed, 2 * len(self._atoms), 1024)
+        if self.max_atoms is not None:
+            capacity = min(capacity, self.max_atoms)
+        capacity = pursuit.padded_width(capacity)
+        atoms = torch.empty(capacity, self.d_model, device=self.device)
+        atoms[: self.n_atoms] = self.atoms
+        self._atoms = atoms
+        if self._gram is not None and ops.gram_fits(capacity, 4):
+            # Zeros beyond the atoms are the padding that pursuit.gram_matrix also has.
+            gram = torch.zeros(capacity, capacity, device=self.device)
+            gram[: self.n_atoms, : self.n_atoms] = self._gram[: self.n_atoms, : self.n_atoms]
+            self._gram = gram
+        else:
+            self._gram = None
+
+    def to_itda(self, model: str | None = None, hook: str | None = None, build: dict | None = None) -> ITDA:
+        """The dictionary so far, for ``hook`` of ``model``, with ``build`` as its record."""
+        if self.n_atoms < self.k:
+            raise ValueError(
+                f"only {self.n_atoms} atoms were built, fewer than k={self.k}: give more text "
+                "(more tokens), a lower threshold, or a smaller k."
+            )
+        cfg = ITDAConfig(d_model=self.d_model, k=self.k, threshold=self.threshold, model=model, hook=hook, refit=self.settings.refit, build=build or {})
+        return ITDA(self.atoms.clone(), cfg, Provenance.cat(self.provenance))
+
+    def restore(self, itda: ITDA, groups: list[int]) -> None:
+        """Continue from a checkpointed dictionary, rebuilding the Gram matrix exactly
+        as it was grown (same products, same shapes)."""
+        atoms = itda.atoms.to(self.device, torch.float32)
+        self.provenance = [itda.provenance]
+        start = 0
+        for end in groups:
+            self._append(atoms[start:end])
+            start = end
+        self.groups = list(groups)
+
+
+@dataclass
+class BuildResult:
+    """The dictionaries of a build and what it cost."""
+
+    dictionaries: dict[str, ITDA]
+    tokens: int
+    seconds_forward: float
+    seconds_dictionary: float
+    history: dict[str, list[list[float]]] = field(default_factory=dict)
+
+
+def build(
+    source: ActivationSource,
+    batches: Iterable[TokenBatch],
+    settings: BuildSettings = DEFAULT_BUILD,
+    *,
+    device: str | torch.device = "cpu",
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = CHECKPOINT_EVERY,
+    keep_checkpoint: bool = False,
+    total_tokens: int | None = None,
+    progress: bool = True,
+    corpus: CorpusSettings | None = None,
+    model: ModelSettings | None = None,
+) -> BuildResult:
+    """Build one dictionary per hook point of ``source`` from ``batches`` with
+    ``settings``; reading stops early once every dictionary has ``settings.max_atoms``.
+
+    ``history[hook]`` holds ``[tokens, n_atoms, share of the batch's tokens reconstructed
+    worse than the threshold]`` after each batch. Each dictionary's ``config.build``
+    records the settings, the hooks and model, the model's dtype (from ``model``) and the
+    ``corpus`` the batches were made from, when given.
+
+    With ``checkpoint_dir`` the build resumes from a checkpoint found there, if it was
+    made with the same settings and model dtype from the same batches (compared by a
+    hash of the tokens read so far). ``keep_checkpoint`` leaves a checkpoint of the
+    finished build there, to be removed with :func:`remove_checkpoint` once the
+    dictionaries are saved; otherwise it is removed when the build ends.
+    """
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be at least 1, got {checkpoint_every}.")
+    if not isinstance(settings, BuildSettings):
+        raise TypeError(f"settings must be a BuildSettings, got {type(settings).__name__}.")
+    builders = {hook: DictionaryBuilder(source.d_model, settings, device) for hook in source.hooks}
+    recorded = {"hooks": source.hooks, "model": source.model_name, **asdict(settings)}
+    if model is not None:
+        recorded["model_dtype"] = model.dtype
+    text_hash = hashlib.sha256()
+    state = {
+        "batches": 0, "tokens": 0, "seconds_forward": 0.0, "seconds_dictionary": 0.0,
+        "history": {h: [] for h in source.hooks}, "corpus_sha256": text_hash.hexdigest(),
+    }
+    checkpoint = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    found = find_checkpoint(checkpoint) if checkpoint is not None else None
+    if found is not None:
+        state = _resume(found, recorded, builders)
+    resumed = saved = state["batches"]
+    bar = tqdm(total=total_tokens, initial=state["tokens"], unit="tok", desc="building", disable=not progress)
+    try:
+        number = -1
+        for number, batch in enumerate(batches):
+            if number == resumed:
+                _check_corpus(text_hash, state, found)
+            _digest(text_hash, batch)
+            if number < resumed:
+                continue
+            if all(b.full for b in builders.values()):
+                break
+            start = time.perf_counter()
+            activations = source(batch.tokens)
+            middle = time.perf_counter()
+            positions = torch.nonzero(batch.mask.flatten())[:, 0]
+            for hook, builder in builders.items():
+                x = activations[hook].flatten(0, 1)[positions.to(activations[hook].device)]
+                added, worse = builder.update(x)
+                if added:
+                    builder.provenance.append(batch.provenance(positions[added]))
+                state["history"][hook].append([state["tokens"] + len(positions), builder.n_atoms, worse])
+            end = time.perf_counter()
+            # The batch is done, in one update; a checkpoint leaves out what an unfinished batch added.
+            state.update(
+                batches=number + 1, tokens=state["tokens"] + len(positions), corpus_sha256=text_hash.hexdigest(),
+                seconds_forward=state["seconds_forward"] + middle - start, seconds_dictionary=state["seconds_dictionary"] + end - middle,
+            )
+            bar.update(len(positions))
+            bar.set_postfix(atoms=",".join(str(b.n_atoms) for b in builders.values()))
+            if checkpoint is not None and state["batches"] % checkpoint_every == 0:
+                _save_checkpoint(checkpoint, recorded, builders, state)
+                saved = state["batches"]
+        if number < resumed:
+            _check_corpus(text_hash, state, found)
+    except BaseException:  # Ctrl-C, a failed remote job, ...: keep what is finished
+        if checkpoint is not None and state["batches"] > saved:
+            _save_checkpoint(checkpoint, recorded, builders, state)
+        raise
+    finally:
+        bar.close()
+    if state["tokens"] == 0:
+        raise ValueError("the corpus gave no tokens to build from: pass more text.")
+    info = {key: state[key] for key in ("tokens", "seconds_forward", "seconds_dictionary")}
+    if corpus is not None:
+        info["corpus"] = asdict(corpus)
+    dictionaries = {
+        hook: builder.to_itda(source.model_name, hook, {**recorded, **info, "history": state["history"][hook]})
+        for hook, builder in builders.items()
+    }
+    if checkpoint is not None and keep_checkpoint and state["batches"] > saved:
+        _save_checkpoint(checkpoint, recorded, builders, state)
+    elif checkpoint is not None and not keep_checkpoint:
+        remove_checkpoint(checkpoint)
+    return BuildResult(dictionaries, state["tokens"], state["seconds_forward"], state["seconds_dictionary"], state["history"])
+
+
+def checkpoint_folders(directory: str | Path) -> list[Path]:
+    """The folders a checkpoint at ``directory`` occupies: itself, the next one while it
+    is written (``.partial``) and the previous one while it is replaced (``.old``)."""
+    directory = Path(directory)
+    return [directory, directory.with_name(directory.name + ".partial"), directory.with_name(directory.name + ".old")]
+
+
+def find_checkpoint(directory: str | Path) -> Path | None:
+    """The complete checkpoint at ``directory``, or the previous one if the build stopped
+    while replacing it; ``None`` if there is none."""
+    current, _, previous = checkpoint_folders(directory)
+    return next((folder for folder in (current, previous) if (folder / STATE_FILE).is_file()), None)
+
+
+def remove_checkpoint(directory: str | Path) -> None:
+    """Delete the checkpoint at ``directory`` (see :func:`checkpoint_folders`)."""
+    for folder in checkpoint_folders(directory):
+        if folder.exists():
+            shutil.rmtree(folder)
+
+
+def _digest(corpus, batch: TokenBatch) -> None:
+    """Add a batch's tokens, and where they come from, to the hash of the corpus read."""
+    corpus.update(str(tuple(batch.tokens.shape)).encode())
+    for column in (batch.tokens, batch.mask, batch.doc, batch.char_start, batch.char_end):
+        corpus.update(column.numpy().tobytes())
+
+
+def _check_corpus(corpus, state: dict, checkpoint: Path | None) -> None:
+    if corpus.hexdigest() != state["corpus_sha256"]:
+        raise ValueError(
+            f"the text differs from the text the checkpoint in {checkpoint} was built from (its first "
+            f"{state['batches']} batches); give the same text and text options to resume, or delete {checkpoint} to start afresh."
+        )
+
+
+def _save_checkpoint(directory: Path, settings: dict, builders: dict[str, DictionaryBuilder], state: dict) -> None:
+    """Write the checkpoint of the finished batches in ``state`` (atoms a batch in progress
+    added are left out) beside the current one, then swap them so that one of them is
+    always complete."""
+    current, partial, previous = checkpoint_folders(directory)
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    groups = {}
+    for number, (hook, builder) in enumerate(builders.items()):
+        rows = state["history"][hook][: state["batches"]]
+        n_atoms = rows[-1][1] if rows else 0
+        if n_atoms:
+            cfg = ITDAConfig(d_model=builder.d_model, k=min(builder.k, n_atoms), threshold=builder.threshold, hook=hook)
+            provenance = Provenance.cat(builder.provenance).select(torch.arange(n_atoms))
+            ITDA(builder.atoms[:n_atoms].cpu(), cfg, provenance).save(partial / f"hook{number}")
+        groups[hook] = [size for size in builder.groups if size <= n_atoms]
+    history = {hook: rows[: state["batches"]] for hook, rows in state["history"].items()}
+    (partial / STATE_FILE).write_text(json.dumps({"settings": settings, "state": {**state, "history": history}, "groups": groups}))
+    if current.exists():
+        if previous.exists():
+            shutil.rmtree(previous)
+        current.replace(previous)
+    partial.replace(current)
+    if previous.exists():
+        shutil.rmtree(previous)
+
+
+def _resume(directory: Path, settings: dict, builders: dict[str, DictionaryBuilder]) -> dict:
+    saved = json.loads(read_regular_file(directory / STATE_FILE, MAX_CONFIG_BYTES))
+    differ = {key: value for key, value in json.loads(json.dumps(settings)).items() if saved["settings"].get(key) != value}
+    if differ:
+        was = ", ".join(f"{key}={saved['settings'].get(key)!r}" for key in differ)
+        now = ", ".join(f"{key}={value!r}" for key, value in differ.items())
+        raise ValueError(
+            f"the checkpoint in {directory} was made with {was}, not {now}; "
+            f"run with the same settings to resume, or delete {directory} to start afresh."
+        )
+    for number, (hook, builder) in enumerate(builders.items()):
+        if saved["groups"][hook]:
+            builder.restore(ITDA.load(directory / f"hook{number}"), saved["groups"][hook])
+    return saved["state"]

@@ -1,0 +1,242 @@
+"""Jaccard similarity of two dictionaries by the provenance of their atoms, and its null.
+
+Every atom is the activation of one token in context, so a dictionary is also a set of
+token occurrences. Two atoms (of two dictionaries, possibly of two models) are the same
+occurrence when they come from the same document (content hash) and
+
+- ``by="span"``: cover the same characters of it. This does not depend on the tokenizer,
+  so models with different tokenizers can be compared on shared documents. With
+  ``trim_whitespace`` (the default) the span is first shrunk to its non-space
+  characters, so a tokenizer that attaches the space to the next word (``" the"``) and
+  one that does not (``"the"``) agree; a span of whitespace only is kept as it is.
+- ``by="token"``: sit at the same token index of the document, as in the ITDA paper
+  (meaningful only when both models tokenise the same way).
+
+A dictionary read from the reference implementation's files keys its atoms by the
+reference's sequence index instead of a document hash (``config.build["doc"]``); keys of
+the two kinds never match, so comparing such dictionaries with each other is an error.
+
+``J(A, B) = |A & B| / |A | B|``. Its null, :func:`expected_jaccard`, is the Jaccard
+expected when each dictionary's atoms are replaced by as many token occurrences drawn
+uniformly without replacement from the tokens it was built from.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from itda_lens.core.itda import ITDA
+from itda_lens.core.provenance import Provenance
+from itda_lens.core.reference import DOC_KIND as REFERENCE_DOC_KIND
+
+KeyMode = Literal["span", "token"]
+HasProvenance = ITDA | Provenance
+
+#: What ``provenance.doc`` holds in a dictionary built by itda-lens.
+DOCUMENT_HASH = "document hash"
+
+#: Probability below which a value of the shared-atoms count is left out of the null.
+_NEGLIGIBLE = 1e-18
+
+
+def _provenance(value: HasProvenance) -> Provenance:
+    if isinstance(value, ITDA):
+        return value.provenance
+    if isinstance(value, Provenance):
+        return value
+    raise TypeError(f"expected an ITDA or a Provenance, got {type(value).__name__}.")
+
+
+def doc_kind(value: HasProvenance) -> str | None:
+    """What the atoms' document ids are: :data:`DOCUMENT_HASH`, the reference's sequence
+    index, or ``None`` for a bare :class:`Provenance` (which does not say)."""
+    if isinstance(value, ITDA):
+        return value.config.build.get("doc", DOCUMENT_HASH)
+    _provenance(value)
+    return None
+
+
+def check_same_doc_kind(values: list[HasProvenance]) -> None:
+    """Refuse dictionaries whose atoms are keyed by documents of different kinds (see the
+    module doc): their Jaccard would be 0 whatever their atoms."""
+    kinds = {kind for kind in map(doc_kind, values) if kind is not None}
+    if len(kinds) > 1:
+        raise ValueError(
+            f"the dictionaries key their atoms' documents differently ({' and '.join(sorted(kinds))}), so no atom "
+            f"can match; compare dictionaries of one kind (rebuild the {REFERENCE_DOC_KIND} ones with itda-lens on the same text)."
+        )
+
+
+def atom_keys(value: HasProvenance, by: KeyMode = "span", trim_whitespace: bool = True) -> set[tuple[int, int, int]]:
+    """The token occurrences of a dictionary's atoms as hashable keys (see the module doc).
+
+    Atoms of unknown document are left out; a dictionary with none known is an error.
+    """
+    provenance = _provenance(value)
+    known = int((provenance.doc != -1).sum())
+    if known == 0:
+        raise ValueError(
+            "the dictionary records no provenance (no atom has a known document), so its atoms "
+            "cannot be matched to another's; build it with itda_lens.core.build to get provenance."
+        )
+    if by == "token":
+        if bool((provenance.token_index[provenance.doc != -1] < 0).any()):
+            raise ValueError("some atoms have no token index; compare them with by='span'.")
+        return provenance.keys(by="token")
+    if by != "span":
+        raise ValueError(f"by must be 'span' or 'token', got {by!r}.")
+    if not trim_whitespace:
+        return provenance.keys(by="span")
+    keys = set()
+    columns = (provenance.doc, provenance.char_start, provenance.char_end)
+    for (doc, start, end), text in zip(zip(*(c.tolist() for c in columns)), provenance.token):
+        if doc == -1:
+            continue
+        if start < 0 or end < 0:
+            raise ValueError("some atoms have no character span; compare them with by='token'.")
+        stripped = text.strip()
+        if stripped and len(text) == end - start:
+            start += len(text) - len(text.lstrip())
+            end -= len(text) - len(text.rstrip())
+        keys.add((doc, start, end))
+    return keys
+
+
+def jaccard(a: HasProvenance, b: HasProvenance, by: KeyMode = "span", trim_whitespace: bool = True) -> float:
+    """``|A & B| / |A | B|`` of the two dictionaries' atom occurrences."""
+    check_same_doc_kind([a, b])
+    keys_a, keys_b = atom_keys(a, by, trim_whitespace), atom_keys(b, by, trim_whitespace)
+    return len(keys_a & keys_b) / len(keys_a | keys_b)
+
+
+def _log_choose(n: Tensor, k: Tensor) -> Tensor:
+    return torch.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
+
+
+def _log_hypergeometric(drawn: Tensor, population: float, marked: Tensor, draws: float) -> Tensor:
+    """``log P(X = drawn)`` for ``X``, the marked items among ``draws`` drawn without
+    replacement from ``population`` items of which ``marked`` are marked; ``-inf``
+    outside the support."""
+    drawn, marked = torch.broadcast_tensors(drawn, marked)
+    other = population - marked
+    valid = (drawn >= 0) & (drawn <= marked) & (draws - drawn >= 0) & (draws - drawn <= other)
+    safe_drawn = torch.where(valid, drawn, torch.zeros_like(drawn))
+    safe_marked = torch.where(valid, marked, torch.zeros_like(marked))
+    population_t = torch.tensor(float(population), dtype=torch.float64)
+    draws_t = torch.tensor(float(draws), dtype=torch.float64)
+    log_p = (
+        _log_choose(safe_marked, safe_drawn)
+        + _log_choose(population_t - safe_marked, draws_t - safe_drawn)
+        - _log_choose(population_t, draws_t)
+    )
+    return torch.where(valid, log_p, torch.full_like(log_p, -math.inf))
+
+
+def _check_count(value: int, name: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    return value
+
+
+def expected_jaccard(
+    size_a: int,
+    size_b: int,
+    population_a: int,
+    population_b: int | None = None,
+    shared: int | None = None,
+) -> float:
+    """The expected Jaccard of two random atom sets: ``size_a`` occurrences drawn uniformly
+    without replacement from the ``population_a`` tokens dictionary A was built from, and
+    independently ``size_b`` from B's ``population_b`` (default: the same tokens), of which
+    ``shared`` occurrences are common to both (default: all, when the populations are
+    equal; give it for two tokenizers).
+
+    Exact: with ``u`` of A's draws among the shared occurrences,
+    ``u ~ Hypergeometric(population_a, shared, size_a)``, and the common atoms
+    ``x | u ~ Hypergeometric(population_b, u, size_b)``;
+    the result is ``E[x / (size_a + size_b - x)]``. Values of ``u`` of probability below
+    1e-18 are left out.
+    """
+    _check_count(size_a, "size_a", 1)
+    _check_count(size_b, "size_b", 1)
+    _check_count(population_a, "population_a", 1)
+    population_b = population_a if population_b is None else _check_count(population_b, "population_b", 1)
+    if shared is None:
+        if population_a != population_b:
+            raise ValueError(
+                f"the populations differ ({population_a} and {population_b} tokens): give shared, "
+                "the number of token occurrences common to both (e.g. spans that are tokens in both tokenizations)."
+            )
+        shared = population_a
+    _check_count(shared, "shared")
+    if size_a > population_a or size_b > population_b:
+        raise ValueError(f"sizes ({size_a}, {size_b}) exceed their populations ({population_a}, {population_b}).")
+    if shared > min(population_a, population_b):
+        raise ValueError(f"shared={shared} exceeds a population ({population_a}, {population_b}).")
+    f64 = torch.float64
+    u = torch.arange(0, min(size_a, shared) + 1, dtype=f64)
+    p_u = _log_hypergeometric(u, population_a, torch.tensor(float(shared), dtype=f64), size_a).exp()
+    keep = p_u > _NEGLIGIBLE
+    u, p_u = u[keep], p_u[keep]
+    x = torch.arange(0, min(size_b, int(u.max())) + 1, dtype=f64)
+    score = x / (size_a + size_b - x)
+    total = torch.zeros((), dtype=f64)
+    step = max(1, (1 << 22) // len(x))
+    for start in range(0, len(u), step):
+        marked = u[start : start + step, None]
+        p_x = _log_hypergeometric(x[None, :], population_b, marked, size_b).exp()
+        total += (p_u[start : start + step, None] * p_x * score).sum()
+    return float(total / p_u.sum())
+
+
+@dataclass
+class JaccardReport:
+    """Jaccard of two dictionaries beside its null."""
+
+    jaccard: float
+    null: float | None
+    common: int
+    size_a: int
+    size_b: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def jaccard_report(
+    a: HasProvenance,
+    b: HasProvenance,
+    by: KeyMode = "span",
+    trim_whitespace: bool = True,
+    population_a: int | None = None,
+    population_b: int | None = None,
+    shared: int | None = None,
+) -> JaccardReport:
+    """Jaccard, the number of common atoms and the null :func:`expected_jaccard`.
+
+    The populations default to the token counts the dictionaries record from their build
+    (``config.build["tokens"]``); the null is ``None`` when they are unknown, or when they
+    differ and ``shared`` is not given.
+    """
+    check_same_doc_kind([a, b])
+    keys_a, keys_b = atom_keys(a, by, trim_whitespace), atom_keys(b, by, trim_whitespace)
+    common = len(keys_a & keys_b)
+    population_a = population_a if population_a is not None else built_tokens(a)
+    population_b = population_b if population_b is not None else built_tokens(b)
+    null = None
+    if population_a is not None and population_b is not None and (population_a == population_b or shared is not None):
+        null = expected_jaccard(len(keys_a), len(keys_b), population_a, population_b, shared)
+    return JaccardReport(common / len(keys_a | keys_b), null, common, len(keys_a), len(keys_b))
+
+
+def built_tokens(value: HasProvenance) -> int | None:
+    """The number of tokens a dictionary was built from, if it records it."""
+    if isinstance(value, ITDA):
+        tokens = value.config.build.get("tokens")
+        return int(tokens) if tokens is not None else None
+    return None
