@@ -145,3 +145,10 @@ def test_reference_layout_refuses_pickled_objects(tmp_path):
     with pytest.raises(FormatError, match="not a plain tensor file"):
         ITDA.load(folder)
     assert not marker.exists()
+
+
+def test_provenance_select_refuses_the_not_encoded_sentinel():
+    provenance = Provenance.unknown(3)
+    assert len(provenance.select([2, 0])) == 2
+    with pytest.raises(IndexError, match="not encoded"):
+        provenance.select(torch.tensor([0, -1]))

@@ -86,8 +86,11 @@ class Provenance:
         return cls(*columns, *texts)
 
     def select(self, index: Int[Tensor, " m"] | list[int]) -> Provenance:
-        """The records at ``index``, in that order."""
+        """The records at ``index``, in that order. A negative index is refused: in codes,
+        -1 marks a position that was not encoded, not the last atom."""
         index = torch.as_tensor(index, dtype=torch.long)
+        if index.numel() and int(index.min()) < 0:
+            raise IndexError(f"atom index {int(index.min())} is not an atom (-1 marks a position that was not encoded); select codes where indices >= 0.")
         picks = index.tolist()
         columns = [getattr(self, name)[index] for name in COLUMNS]
         texts = [[getattr(self, name)[i] for i in picks] for name in TEXT_COLUMNS]
