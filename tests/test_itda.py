@@ -5,7 +5,7 @@ import torch
 import yaml
 
 from itda_lens import ITDA, FormatError, Provenance
-from itda_lens.core import itda as itda_module
+from itda_lens.core import ops
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def test_bad_inputs(itda):
 def test_dense_fallback_matches_gram(itda, monkeypatch):
     x = torch.randn(20, 32)
     with_gram = itda.encode(x)
-    monkeypatch.setattr(itda_module, "GRAM_MAX_BYTES", 0)
+    monkeypatch.setattr(ops, "GRAM_MAX_BYTES", 0)
     itda._gram = None
     assert itda.gram() is None
     without = itda.encode(x)

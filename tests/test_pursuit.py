@@ -147,7 +147,7 @@ def test_tolerance_stops_only_tokens_within_it(problem32, monkeypatch, compiled)
 
 def test_torch_steps_when_numba_is_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, "itda_lens.core.pursuit_numba", None)  # import raises ImportError
-    monkeypatch.delattr(itda_lens, "pursuit_numba")
+    monkeypatch.delattr(itda_lens.core, "pursuit_numba")
     assert pursuit._steps_for(torch.zeros(2, 128)) is pursuit._gram_steps
     assert pursuit._steps_for(torch.zeros(2, 128, dtype=torch.float64)) is pursuit._gram_steps
 
