@@ -23,7 +23,7 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
     from itda_lens.tools import cli
 
     os.environ["COLUMNS"] = "88"  # argparse wraps help text at the terminal width
-    main = cli._parser()
+    main = cli.command_parser()
     main.prog = "itda-lens"
     found = {"main": main}
     for action in main._actions:
