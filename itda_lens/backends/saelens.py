@@ -77,11 +77,7 @@ class ITDASAE(SAE[ITDASAEConfig]):
         """The SAE of ``itda`` at ``hook`` (default: the hook it was built at)."""
         if not isinstance(itda, ITDA):
             raise TypeError(f"from_itda takes an ITDA, got {type(itda).__name__}.")
-        hook = hook or itda.config.hook
-        if hook is None:
-            raise ValueError("the dictionary does not record its hook point; pass hook=, e.g. 'blocks.15.hook_resid_post'.")
-        if not isinstance(hook, str):
-            raise TypeError(f"hook must be a hook name such as 'blocks.15.hook_resid_post', got {hook!r}.")
+        hook = checks.hook(hook, itda.config.hook)
         metadata = SAEMetadata(hook_name=hook, model_name=model_name or itda.config.model, prepend_bos=True)
         cfg = ITDASAEConfig(
             d_in=itda.d_model,

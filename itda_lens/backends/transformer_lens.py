@@ -403,11 +403,7 @@ def attach(
     """
     if not isinstance(itda, ITDA):
         raise TypeError(f"attach takes an ITDA, got {type(itda).__name__}.")
-    hook = hook or itda.config.hook
-    if hook is None:
-        raise ValueError("the dictionary does not record its hook point; pass hook=, e.g. 'blocks.15.hook_resid_post'.")
-    if not isinstance(hook, str):
-        raise TypeError(f"hook must be a hook name such as 'blocks.15.hook_resid_post', got {hook!r}.")
+    hook = checks.hook(hook, itda.config.hook)
     checks.flag(error_term, "error_term")
     checks.flag(dense_codes, "dense_codes")
     check_compatible(model, itda, hook)

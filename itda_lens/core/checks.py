@@ -58,6 +58,17 @@ def flag(value: object, name: str) -> bool:
     return value
 
 
+def hook(hook: object, recorded: str | None) -> str:
+    """``hook``, or else the hook point the dictionary ``recorded``; a clear error when
+    neither names one."""
+    hook = hook or recorded
+    if hook is None:
+        raise ValueError("the dictionary does not record its hook point; pass hook=, e.g. 'blocks.15.hook_resid_post'.")
+    if not isinstance(hook, str):
+        raise TypeError(f"hook must be a hook name such as 'blocks.15.hook_resid_post', got {hook!r}.")
+    return hook
+
+
 def atom_indices(atoms: object, n_atoms: int, where: str = "") -> Tensor:
     """``atoms`` (an int, ints, or an integer tensor) as a 1-d int64 tensor on the CPU,
     each an index of a dictionary of ``n_atoms`` atoms. ``where`` names that dictionary
