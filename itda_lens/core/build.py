@@ -33,10 +33,11 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from itda_lens.core import ops, pursuit
+from itda_lens.core import pursuit
 from itda_lens.core.activations import ActivationSource
 from itda_lens.core.config import DEFAULT_BUILD, BuildSettings, CorpusSettings, ModelSettings
 from itda_lens.core.files import MAX_CONFIG_BYTES, read_regular_file
+from itda_lens.core.gram_rows import GRAM_BYTES, GramRows
 from itda_lens.core.itda import ITDA, ITDAConfig, relative_error
 from itda_lens.core.provenance import Provenance
 from itda_lens.core.text import TokenBatch
@@ -47,18 +48,20 @@ CHECKPOINT_EVERY = 50
 
 
 class DictionaryBuilder:
-    """The growing dictionary of one hook point."""
+    """The growing dictionary of one hook point; its Gram rows take at most
+    ``gram_bytes`` (0: dense matching pursuit)."""
 
-    def __init__(self, d_model: int, settings: BuildSettings = DEFAULT_BUILD, device: str | torch.device = "cpu"):
+    def __init__(self, d_model: int, settings: BuildSettings = DEFAULT_BUILD, device: str | torch.device = "cpu", gram_bytes: int = GRAM_BYTES):
         if not isinstance(settings, BuildSettings):
             raise TypeError(f"settings must be a BuildSettings, got {type(settings).__name__}.")
         self.d_model, self.settings, self.device = d_model, settings, torch.device(device)
         self.k, self.threshold, self.max_atoms = settings.k, settings.threshold, settings.max_atoms
         self.n_atoms = 0
-        self.groups: list[int] = []  # dictionary size after each addition, to rebuild the Gram matrix exactly
+        self.groups: list[int] = []  # dictionary size after each addition
         self.provenance: list[Provenance] = []
+        self.gram_bytes = gram_bytes
         self._atoms = torch.empty(0, d_model, device=self.device)
-        self._gram: Tensor | None = torch.empty(0, 0, device=self.device)
+        self._gram: GramRows | None = None
 
     @property
     def atoms(self) -> Float[Tensor, "n_atoms d_model"]:
@@ -92,7 +95,7 @@ class DictionaryBuilder:
             if self.n_atoms:
                 # A token stops encoding once surely within the threshold: it cannot become an atom.
                 k = min(self.k, self.n_atoms)
-                idx, val = pursuit.pursuit(chunk, self.atoms, k, gram=self._gram_view(), refit=self.settings.refit, tolerance=self.threshold)
+                idx, val = pursuit.pursuit(chunk, self.atoms, k, gram=self._gram, refit=self.settings.refit, tolerance=self.threshold)
                 poor &= relative_error(chunk, pursuit.decode(idx, val, self.atoms)) > self.threshold
             candidates = torch.nonzero(poor)[:, 0]
             worse, encoded = worse + len(candidates), encoded + len(chunk)
@@ -114,21 +117,16 @@ class DictionaryBuilder:
                 keep.append(j)
         return keep
 
-    def _gram_view(self) -> Tensor | None:
-        if self._gram is None:
-            return None
-        return self._gram[: self.n_atoms, : pursuit.padded_width(self.n_atoms)]
-
     def _append(self, units: Float[Tensor, "a d_model"]) -> None:
         old, new = self.n_atoms, self.n_atoms + len(units)
         if new > len(self._atoms):
             self._grow(new)
         self._atoms[old:new] = units
-        if self._gram is not None:
-            block = self._atoms[old:new] @ self._atoms[:new].T
-            self._gram[old:new, :new] = block
-            self._gram[:new, old:new] = block.T
         self.n_atoms = new
+        if self._gram is not None:
+            self._gram.grow(self.atoms, room=len(self._atoms))
+        elif self.gram_bytes:
+            self._gram = GramRows(self.atoms, self.gram_bytes, room=len(self._atoms))
         self.groups.append(new)
 
     def _grow(self, needed: int) -> None:
@@ -139,13 +137,6 @@ class DictionaryBuilder:
         atoms = torch.empty(capacity, self.d_model, device=self.device)
         atoms[: self.n_atoms] = self.atoms
         self._atoms = atoms
-        if self._gram is not None and ops.gram_fits(capacity, 4):
-            # Zeros beyond the atoms are the padding that pursuit.gram_matrix also has.
-            gram = torch.zeros(capacity, capacity, device=self.device)
-            gram[: self.n_atoms, : self.n_atoms] = self._gram[: self.n_atoms, : self.n_atoms]
-            self._gram = gram
-        else:
-            self._gram = None
 
     def to_itda(self, model: str | None = None, hook: str | None = None, build: dict | None = None) -> ITDA:
         """The dictionary so far, for ``hook`` of ``model``, with ``build`` as its record."""
@@ -158,8 +149,7 @@ class DictionaryBuilder:
         return ITDA(self.atoms.clone(), cfg, Provenance.cat(self.provenance))
 
     def restore(self, itda: ITDA, groups: list[int]) -> None:
-        """Continue from a checkpointed dictionary, rebuilding the Gram matrix exactly
-        as it was grown (same products, same shapes)."""
+        """Continue from a checkpointed dictionary, grown in the same steps."""
         atoms = itda.atoms.to(self.device, torch.float32)
         self.provenance = [itda.provenance]
         start = 0
@@ -186,6 +176,7 @@ def build(
     settings: BuildSettings = DEFAULT_BUILD,
     *,
     device: str | torch.device = "cpu",
+    gram_bytes: int = GRAM_BYTES,
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = CHECKPOINT_EVERY,
     keep_checkpoint: bool = False,
@@ -196,6 +187,9 @@ def build(
 ) -> BuildResult:
     """Build one dictionary per hook point of ``source`` from ``batches`` with
     ``settings``; reading stops early once every dictionary has ``settings.max_atoms``.
+
+    The dictionaries grow on ``device``, each reading Gram rows held in at most
+    ``gram_bytes`` (a memory budget that changes the speed, not the dictionaries).
 
     ``history[hook]`` holds ``[tokens, n_atoms, share of the batch's tokens reconstructed
     worse than the threshold]`` after each batch. Each dictionary's ``config.build``
@@ -212,7 +206,7 @@ def build(
         raise ValueError(f"checkpoint_every must be at least 1, got {checkpoint_every}.")
     if not isinstance(settings, BuildSettings):
         raise TypeError(f"settings must be a BuildSettings, got {type(settings).__name__}.")
-    builders = {hook: DictionaryBuilder(source.d_model, settings, device) for hook in source.hooks}
+    builders = {hook: DictionaryBuilder(source.d_model, settings, device, gram_bytes) for hook in source.hooks}
     recorded = {"hooks": source.hooks, "model": source.model_name, **asdict(settings)}
     if model is not None:
         recorded["model_dtype"] = model.dtype
