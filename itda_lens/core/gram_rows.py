@@ -2,10 +2,11 @@
 
 Each step of the ``gram`` matching pursuit (:mod:`itda_lens.core.pursuit`) subtracts the
 Gram row ``atoms[i] @ atoms.T`` of the atom ``i`` it chose. :class:`GramRows` holds those
-rows in a buffer of at most ``budget_bytes``. When every row fits it holds the whole
-matrix; otherwise it is a cache: a row is computed when a token first chooses its atom,
-and when the buffer is full the rows chosen least often so far make room. Encoding is
-exact either way; only its speed depends on how often the chosen atoms' rows are held.
+rows in a buffer of at most ``budget_bytes``. A row is computed when a token first
+chooses its atom; when the buffer is full, the rows chosen least often so far make room.
+Encoding is exact either way; only its speed depends on how often the chosen atoms' rows
+are held. Off the CPU (a GPU), when every row fits they are all computed at once: the
+steps then never stop to ask which rows are missing.
 
 Products are taken at least :data:`MIN_ROWS` by :data:`MIN_ROWS`: on the CPU each value
 is then the same whichever atoms it was computed with (``tests/test_gram_rows.py``), so
@@ -31,6 +32,9 @@ GRAM_BYTES = 4 << 30
 
 #: The smallest side of the matrix products that compute Gram values.
 MIN_ROWS = 16
+
+#: Rows computed per product when many are stored at once.
+STORE_ROWS = 1024
 
 
 def products(a: Float[Tensor, "m d_model"], b: Float[Tensor, "n d_model"]) -> Float[Tensor, "m n"]:
@@ -76,8 +80,8 @@ class GramRows:
         return self.buffer[:, : self.width]
 
     def _allocate(self, room: int) -> None:
-        """A new, empty buffer with columns for ``room`` atoms; every row is computed
-        when the whole matrix fits."""
+        """A new, empty buffer with columns for ``room`` atoms; off the CPU every row is
+        computed when the whole matrix fits."""
         columns = padded_width(room)
         row_bytes = columns * self.atoms.element_size()
         if self.budget_bytes < row_bytes:
@@ -90,12 +94,13 @@ class GramRows:
         self.slot = torch.full((self.n_atoms,), -1, dtype=torch.long, device=self.atoms.device)
         self.atom_of = torch.full((capacity,), -1, dtype=torch.long, device=self.atoms.device)
         self.n_held = 0
-        if capacity >= self.n_atoms:
+        if capacity >= self.n_atoms and self.atoms.device.type != "cpu":
             self._store(torch.arange(self.n_atoms, device=self.atoms.device), torch.arange(self.n_atoms, device=self.atoms.device))
 
     def _store(self, atoms: Int[Tensor, " a"], slots: Int[Tensor, " a"]) -> None:
-        if len(atoms):
-            self.buffer[slots, : self.n_atoms] = products(self.atoms[atoms], self.atoms)
+        for start in range(0, len(atoms), STORE_ROWS):  # no [a, n_atoms] temporary beside the buffer
+            part = slice(start, start + STORE_ROWS)
+            self.buffer[slots[part], : self.n_atoms] = products(self.atoms[atoms[part]], self.atoms)
         self.slot[atoms] = slots
         self.atom_of[slots] = atoms
         self.n_held += len(atoms)
@@ -133,6 +138,7 @@ class GramRows:
         the earlier ones first and unchanged. When they outgrow ``room`` the buffer is
         made again for the given ``room`` (default: twice as many)."""
         old, new = self.n_atoms, len(atoms)
+        was_complete = self.complete
         self.atoms = atoms
         self.uses = torch.cat([self.uses, self.uses.new_zeros(new - old)])
         if new > self.room:
@@ -142,5 +148,6 @@ class GramRows:
         held = torch.nonzero(self.atom_of >= 0)[:, 0]
         if len(held):
             self.buffer[held, old:new] = products(atoms[self.atom_of[held]], atoms[old:new])
-        free = torch.nonzero(self.atom_of < 0)[:, 0][: new - old]
-        self._store(torch.arange(old, old + len(free), device=atoms.device), free)
+        if was_complete and atoms.device.type != "cpu":  # off the CPU, stay complete while rows fit
+            free = torch.nonzero(self.atom_of < 0)[:, 0][: new - old]
+            self._store(torch.arange(old, old + len(free), device=atoms.device), free)

@@ -155,11 +155,9 @@ def _gram_steps(
         coef = c.gather(1, best[:, None])
         i[:, step] = best
         v[:, step] = coef[:, 0]
-        if gram.complete:
-            slots = best
-        else:
-            wanted, inverse = torch.unique(best, return_inverse=True)
-            slots = gram.fetch(wanted)[inverse]
+        if not gram.complete:  # a sync: which rows are missing
+            gram.fetch(torch.unique(best))
+        slots = gram.slot[best]
         torch.index_select(gram.rows(), 0, slots, out=rows)
         p[:, step, : step + 1] = rows.gather(1, i[:, : step + 1])
         if step + 1 < k:
