@@ -33,12 +33,14 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from itda_lens.core import ops, pursuit
 from itda_lens.core.activations import ActivationSource
 from itda_lens.core.config import DEFAULT_BUILD, BuildSettings, CorpusSettings, ModelSettings
 from itda_lens.core.files import MAX_CONFIG_BYTES, read_regular_file
 from itda_lens.core.itda import ITDA, ITDAConfig, relative_error
+from itda_lens.core.ops import gram_fits
 from itda_lens.core.provenance import Provenance
+from itda_lens.core.pursuit import decode, pursuit
+from itda_lens.core.pursuit_blocks import padded_width
 from itda_lens.core.text import TokenBatch
 
 STATE_FILE = "state.json"
@@ -46,19 +48,26 @@ STATE_FILE = "state.json"
 CHECKPOINT_EVERY = 50
 
 
-class DictionaryBuilder:
-    """The growing dictionary of one hook point."""
+class GrowingDictionary:
+    """The atoms of one hook point and the rule that grows them (see the module's text),
+    with the settings of :class:`~itda_lens.core.config.BuildSettings` as keywords.
 
-    def __init__(self, d_model: int, settings: BuildSettings = DEFAULT_BUILD, device: str | torch.device = "cpu"):
-        if not isinstance(settings, BuildSettings):
-            raise TypeError(f"settings must be a BuildSettings, got {type(settings).__name__}.")
-        self.d_model, self.settings, self.device = d_model, settings, torch.device(device)
-        self.k, self.threshold, self.max_atoms = settings.k, settings.threshold, settings.max_atoms
+    Plain torch and the standard library, so that it also runs inside an nnsight session
+    on a server that lacks itda-lens (:mod:`itda_lens.backends.nnsight_build`).
+    ``gram=False`` keeps no Gram matrix: for a copy that only collects atoms grown
+    elsewhere (it still encodes, by the slower dense pursuit).
+    """
+
+    def __init__(
+        self, d_model: int, *, k: int, threshold: float, max_atoms: int | None, refit: bool, step_tokens: int,
+        device: str | torch.device = "cpu", gram: bool = True,
+    ):
+        self.d_model, self.device = d_model, torch.device(device)
+        self.k, self.threshold, self.max_atoms, self.refit, self.step_tokens = k, threshold, max_atoms, refit, step_tokens
         self.n_atoms = 0
         self.groups: list[int] = []  # dictionary size after each addition, to rebuild the Gram matrix exactly
-        self.provenance: list[Provenance] = []
         self._atoms = torch.empty(0, d_model, device=self.device)
-        self._gram: Tensor | None = torch.empty(0, 0, device=self.device)
+        self._gram: Tensor | None = torch.empty(0, 0, device=self.device) if gram else None
 
     @property
     def atoms(self) -> Float[Tensor, "n_atoms d_model"]:
@@ -83,7 +92,7 @@ class DictionaryBuilder:
             )
         accepted: list[int] = []
         worse = encoded = 0
-        step = self.settings.step_tokens
+        step = self.step_tokens
         for start in range(0, len(x), step):
             if self.full:
                 break
@@ -92,8 +101,8 @@ class DictionaryBuilder:
             if self.n_atoms:
                 # A token stops encoding once surely within the threshold: it cannot become an atom.
                 k = min(self.k, self.n_atoms)
-                idx, val = pursuit.pursuit(chunk, self.atoms, k, gram=self._gram_view(), refit=self.settings.refit, tolerance=self.threshold)
-                poor &= relative_error(chunk, pursuit.decode(idx, val, self.atoms)) > self.threshold
+                idx, val = pursuit(chunk, self.atoms, k, gram=self._gram_view(), refit=self.refit, tolerance=self.threshold)
+                poor &= relative_error(chunk, decode(idx, val, self.atoms)) > self.threshold
             candidates = torch.nonzero(poor)[:, 0]
             worse, encoded = worse + len(candidates), encoded + len(chunk)
             keep = self._independent(F.normalize(chunk[candidates], dim=1))
@@ -101,7 +110,7 @@ class DictionaryBuilder:
                 keep = keep[: self.max_atoms - self.n_atoms]
             if keep:
                 rows = candidates[keep]
-                self._append(F.normalize(chunk[rows], dim=1))
+                self.extend(F.normalize(chunk[rows], dim=1))
                 accepted.extend((rows + start).tolist())
         return accepted, worse / encoded if encoded else float("nan")
 
@@ -117,7 +126,14 @@ class DictionaryBuilder:
     def _gram_view(self) -> Tensor | None:
         if self._gram is None:
             return None
-        return self._gram[: self.n_atoms, : pursuit.padded_width(self.n_atoms)]
+        return self._gram[: self.n_atoms, : padded_width(self.n_atoms)]
+
+    def extend(self, units: Float[Tensor, "a d_model"], groups: list[int] | None = None) -> None:
+        """Add unit-norm atoms, as :meth:`update` added them: in one addition, or in the
+        additions that ``groups`` (the dictionary's size after each) gives."""
+        start = self.n_atoms
+        for end in groups or [start + len(units)]:
+            self._append(units[self.n_atoms - start : end - start].to(self.device, torch.float32))
 
     def _append(self, units: Float[Tensor, "a d_model"]) -> None:
         old, new = self.n_atoms, self.n_atoms + len(units)
@@ -135,17 +151,28 @@ class DictionaryBuilder:
         capacity = max(needed, 2 * len(self._atoms), 1024)
         if self.max_atoms is not None:
             capacity = min(capacity, self.max_atoms)
-        capacity = pursuit.padded_width(capacity)
+        capacity = padded_width(capacity)
         atoms = torch.empty(capacity, self.d_model, device=self.device)
         atoms[: self.n_atoms] = self.atoms
         self._atoms = atoms
-        if self._gram is not None and ops.gram_fits(capacity, 4):
+        if self._gram is not None and gram_fits(capacity, 4):
             # Zeros beyond the atoms are the padding that pursuit.gram_matrix also has.
             gram = torch.zeros(capacity, capacity, device=self.device)
             gram[: self.n_atoms, : self.n_atoms] = self._gram[: self.n_atoms, : self.n_atoms]
             self._gram = gram
         else:
             self._gram = None
+
+
+class DictionaryBuilder(GrowingDictionary):
+    """The growing dictionary of one hook point, with where each atom came from."""
+
+    def __init__(self, d_model: int, settings: BuildSettings = DEFAULT_BUILD, device: str | torch.device = "cpu", gram: bool = True):
+        if not isinstance(settings, BuildSettings):
+            raise TypeError(f"settings must be a BuildSettings, got {type(settings).__name__}.")
+        super().__init__(d_model, **asdict(settings), device=device, gram=gram)
+        self.settings = settings
+        self.provenance: list[Provenance] = []
 
     def to_itda(self, model: str | None = None, hook: str | None = None, build: dict | None = None) -> ITDA:
         """The dictionary so far, for ``hook`` of ``model``, with ``build`` as its record."""
@@ -154,19 +181,14 @@ class DictionaryBuilder:
                 f"only {self.n_atoms} atoms were built, fewer than k={self.k}: give more text "
                 "(more tokens), a lower threshold, or a smaller k."
             )
-        cfg = ITDAConfig(d_model=self.d_model, k=self.k, threshold=self.threshold, model=model, hook=hook, refit=self.settings.refit, build=build or {})
+        cfg = ITDAConfig(d_model=self.d_model, k=self.k, threshold=self.threshold, model=model, hook=hook, refit=self.refit, build=build or {})
         return ITDA(self.atoms.clone(), cfg, Provenance.cat(self.provenance))
 
     def restore(self, itda: ITDA, groups: list[int]) -> None:
         """Continue from a checkpointed dictionary, rebuilding the Gram matrix exactly
         as it was grown (same products, same shapes)."""
-        atoms = itda.atoms.to(self.device, torch.float32)
         self.provenance = [itda.provenance]
-        start = 0
-        for end in groups:
-            self._append(atoms[start:end])
-            start = end
-        self.groups = list(groups)
+        self.extend(itda.atoms, groups)
 
 
 @dataclass
