@@ -20,12 +20,14 @@ is never lost.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -132,7 +134,9 @@ class GrowingDictionary:
         """Add unit-norm atoms, as :meth:`update` added them: in one addition, or in the
         additions that ``groups`` (the dictionary's size after each) gives."""
         start = self.n_atoms
-        for end in groups or [start + len(units)]:
+        if groups is None:
+            groups = [start + len(units)] if len(units) else []
+        for end in groups:
             self._append(units[self.n_atoms - start : end - start].to(self.device, torch.float32))
 
     def _append(self, units: Float[Tensor, "a d_model"]) -> None:
@@ -191,6 +195,25 @@ class DictionaryBuilder(GrowingDictionary):
         self.extend(itda.atoms, groups)
 
 
+@runtime_checkable
+class Grower(Protocol):
+    """Grows the builders from several batches at once, away from the client: in an
+    nnsight session on a server (:class:`itda_lens.backends.nnsight_build.ServerBuilder`).
+    :func:`build` takes one in place of an :class:`~itda_lens.core.activations.ActivationSource`."""
+
+    hooks: list[str]
+    model_name: str
+    d_model: int
+    #: Batches given to one call of :meth:`grow`; a checkpoint can follow each call.
+    session_batches: int
+
+    def grow(self, builders: dict[str, DictionaryBuilder], batches: list[TokenBatch]) -> list[dict[str, tuple[list[int], float]]]:
+        """Add to each builder, by :meth:`GrowingDictionary.extend`, the atoms that
+        :meth:`GrowingDictionary.update` takes from ``batches``; for each batch and
+        hook, what ``update`` returned (rows counted among the batch's encoded positions)."""
+        ...
+
+
 @dataclass
 class BuildResult:
     """The dictionaries of a build and what it cost."""
@@ -203,7 +226,7 @@ class BuildResult:
 
 
 def build(
-    source: ActivationSource,
+    source: ActivationSource | Grower,
     batches: Iterable[TokenBatch],
     settings: BuildSettings = DEFAULT_BUILD,
     *,
@@ -226,15 +249,20 @@ def build(
 
     With ``checkpoint_dir`` the build resumes from a checkpoint found there, if it was
     made with the same settings and model dtype from the same batches (compared by a
-    hash of the tokens read so far). ``keep_checkpoint`` leaves a checkpoint of the
+    hash of the tokens read so far); it writes one when a multiple of ``checkpoint_every``
+    batches is passed. ``keep_checkpoint`` leaves a checkpoint of the
     finished build there, to be removed with :func:`remove_checkpoint` once the
     dictionaries are saved; otherwise it is removed when the build ends.
+
+    A :class:`Grower` source takes ``source.session_batches`` batches at a time, and
+    the time it takes counts as ``seconds_forward``.
     """
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be at least 1, got {checkpoint_every}.")
     if not isinstance(settings, BuildSettings):
         raise TypeError(f"settings must be a BuildSettings, got {type(settings).__name__}.")
-    builders = {hook: DictionaryBuilder(source.d_model, settings, device) for hook in source.hooks}
+    grows = isinstance(source, Grower)
+    builders = {hook: DictionaryBuilder(source.d_model, settings, device, gram=not grows) for hook in source.hooks}
     recorded = {"hooks": source.hooks, "model": source.model_name, **asdict(settings)}
     if model is not None:
         recorded["model_dtype"] = model.dtype
@@ -247,41 +275,42 @@ def build(
     found = find_checkpoint(checkpoint) if checkpoint is not None else None
     if found is not None:
         state = _resume(found, recorded, builders)
-    resumed = saved = state["batches"]
+    saved = state["batches"]
     bar = tqdm(total=total_tokens, initial=state["tokens"], unit="tok", desc="building", disable=not progress)
     try:
-        number = -1
-        for number, batch in enumerate(batches):
-            if number == resumed:
-                _check_corpus(text_hash, state, found)
-            _digest(text_hash, batch)
-            if number < resumed:
-                continue
+        for group in _groups(_unread(batches, text_hash, state, found), source.session_batches if grows else 1):
             if all(b.full for b in builders.values()):
                 break
             start = time.perf_counter()
-            activations = source(batch.tokens)
-            middle = time.perf_counter()
-            positions = torch.nonzero(batch.mask.flatten())[:, 0]
-            for hook, builder in builders.items():
-                x = activations[hook].flatten(0, 1)[positions.to(activations[hook].device)]
-                added, worse = builder.update(x)
-                if added:
-                    builder.provenance.append(batch.provenance(positions[added]))
-                state["history"][hook].append([state["tokens"] + len(positions), builder.n_atoms, worse])
+            if grows:
+                outcomes = source.grow(builders, [batch for _, batch, _ in group])
+                middle = time.perf_counter()
+            else:
+                batch = group[0][1]
+                activations = source(batch.tokens)
+                middle = time.perf_counter()
+                positions = torch.nonzero(batch.mask.flatten())[:, 0]
+                outcomes = [{}]
+                for hook, builder in builders.items():
+                    outcomes[0][hook] = builder.update(activations[hook].flatten(0, 1)[positions.to(activations[hook].device)])
             end = time.perf_counter()
-            # The batch is done, in one update; a checkpoint leaves out what an unfinished batch added.
-            state.update(
-                batches=number + 1, tokens=state["tokens"] + len(positions), corpus_sha256=text_hash.hexdigest(),
-                seconds_forward=state["seconds_forward"] + middle - start, seconds_dictionary=state["seconds_dictionary"] + end - middle,
-            )
-            bar.update(len(positions))
+            state.update(seconds_forward=state["seconds_forward"] + middle - start, seconds_dictionary=state["seconds_dictionary"] + end - middle)
+            sizes = {hook: builder.n_atoms - sum(len(outcome[hook][0]) for outcome in outcomes) for hook, builder in builders.items()}
+            for (number, batch, digest), outcome in zip(group, outcomes):
+                positions = torch.nonzero(batch.mask.flatten())[:, 0]
+                for hook, builder in builders.items():
+                    added, worse = outcome[hook]
+                    if added:
+                        builder.provenance.append(batch.provenance(positions[added]))
+                    sizes[hook] += len(added)
+                    state["history"][hook].append([state["tokens"] + len(positions), sizes[hook], worse])
+                # The batch is done, in one update; a checkpoint leaves out what an unfinished batch added.
+                state.update(batches=number + 1, tokens=state["tokens"] + len(positions), corpus_sha256=digest)
+                bar.update(len(positions))
             bar.set_postfix(atoms=",".join(str(b.n_atoms) for b in builders.values()))
-            if checkpoint is not None and state["batches"] % checkpoint_every == 0:
+            if checkpoint is not None and state["batches"] // checkpoint_every > saved // checkpoint_every:
                 _save_checkpoint(checkpoint, recorded, builders, state)
                 saved = state["batches"]
-        if number < resumed:
-            _check_corpus(text_hash, state, found)
     except BaseException:  # Ctrl-C, a failed remote job, ...: keep what is finished
         if checkpoint is not None and state["batches"] > saved:
             _save_checkpoint(checkpoint, recorded, builders, state)
@@ -323,6 +352,27 @@ def remove_checkpoint(directory: str | Path) -> None:
     for folder in checkpoint_folders(directory):
         if folder.exists():
             shutil.rmtree(folder)
+
+
+def _unread(batches: Iterable[TokenBatch], corpus, state: dict, checkpoint: Path | None) -> Iterator[tuple[int, TokenBatch, str]]:
+    """The batches after the ``state["batches"]`` a checkpoint holds, each with its number
+    and the hash of the corpus read up to it; every batch read goes into the hash, which
+    must match the checkpoint's once its batches are read."""
+    resumed, number = state["batches"], -1
+    for number, batch in enumerate(batches):
+        if number == resumed:
+            _check_corpus(corpus, state, checkpoint)
+        _digest(corpus, batch)
+        if number >= resumed:
+            yield number, batch, corpus.hexdigest()
+    if number < resumed:
+        _check_corpus(corpus, state, checkpoint)
+
+
+def _groups(items: Iterator, size: int) -> Iterator[list]:
+    """``items`` in lists of ``size`` (the last may be shorter)."""
+    while group := list(itertools.islice(items, size)):
+        yield group
 
 
 def _digest(corpus, batch: TokenBatch) -> None:
