@@ -10,17 +10,22 @@ import linecache
 import pytest
 import torch
 from nnsight.intervention.backends.local import LocalSimulationBackend
-from test_nnsight import BUILD, HOOK, FailsAfter, ServerSimulation, _batches
+from test_nnsight import BUILD, HOOK, FailsAfter, ServerSimulation
 
 import itda_lens.backends.nnsight as itn
 from itda_lens.backends.nnsight_build import ServerBuilder
 from itda_lens.backends.nnsight_source import NnsightSource
 from itda_lens.core.build import build
 from itda_lens.core.config import SessionSettings
+from itda_lens.core.text import file_documents, select_split, token_batches
 
 MODULES = ["model.layers.3"]
 NAME = "smollm2-135m-instruct"
 TOKENS = 1000  # 4 batches of 4 x 64
+
+
+def _batches(tokenizer, wikitext, tokens):
+    return token_batches(select_split(file_documents(wikitext), "train"), tokenizer, 64, 4, tokens)
 
 
 class Server(ServerSimulation):
@@ -97,3 +102,18 @@ def test_session_caps(lm, client_built, tokenizer, wikitext):
     capped = ServerBuilder(lm, MODULES, NAME, remote="local", sessions=SessionSettings(session_batches=4, max_result_bytes=first_batch + 1000))
     _same_build(build(capped, _batches(tokenizer, wikitext, tokens=TOKENS), **BUILD), client_built)
     assert len(capped.result_bytes) > 1 and max(capped.result_bytes) < first_batch + 50_000  # more, smaller sessions
+
+
+def test_cli_builds_on_the_server(client_built, wikitext, tmp_path):
+    from itda_lens.core.itda import ITDA
+    from itda_lens.tools.cli import main
+
+    out = tmp_path / "dictionary"
+    main([
+        "train", "--backend", "nnsight", "--remote", "local", "--build-on", "server", "--session-batches", "3",
+        "--hook", "model.layers.3", "--out", str(out), "--text-file", str(wikitext), "--max-tokens", str(TOKENS),
+        "--seq-len", "64", "--batch-size", "4", "--k", "8", "--threshold", "0.2", "--no-progress",
+    ])
+    built, reference = ITDA.load(out), client_built.dictionaries[HOOK]
+    torch.testing.assert_close(built.atoms, reference.atoms, atol=1e-5, rtol=0)
+    assert torch.equal(built.provenance.token_index, reference.provenance.token_index) and built.config.hook == HOOK
