@@ -158,7 +158,7 @@ def _train(args) -> dict:
         print(f"{hook}: {size} atoms from {result.tokens} tokens")
     print(f"forward {result.seconds_forward:.1f} s, dictionary {result.seconds_dictionary:.1f} s; saved to {out}")
     return {
-        "n_atoms": sizes[args.hook[0]] if single else sizes,
+        "n_atoms": next(iter(sizes.values())) if single else sizes,
         "tokens": result.tokens,
         "seconds_forward": result.seconds_forward,
         "seconds_dictionary": result.seconds_dictionary,
