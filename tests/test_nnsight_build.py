@@ -16,8 +16,10 @@ import itda_lens.backends.nnsight as itn
 from itda_lens.backends.nnsight_build import ServerBuilder
 from itda_lens.backends.nnsight_source import NnsightSource
 from itda_lens.core.build import build
-from itda_lens.core.config import SessionSettings
+from itda_lens.core.config import BuildSettings, SessionSettings
 from itda_lens.core.text import file_documents, select_split, token_batches
+from itda_lens.tools.cli import command_parser
+from itda_lens.tools.options import check_args, session_settings
 
 MODULES = ["model.layers.3"]
 NAME = "smollm2-135m-instruct"
@@ -117,3 +119,22 @@ def test_cli_builds_on_the_server(client_built, wikitext, tmp_path):
     built, reference = ITDA.load(out), client_built.dictionaries[HOOK]
     torch.testing.assert_close(built.atoms, reference.atoms, atol=1e-5, rtol=0)
     assert torch.equal(built.provenance.token_index, reference.provenance.token_index) and built.config.hook == HOOK
+
+
+def test_a_full_dictionary_stops_the_sessions_as_the_client_stops_reading(lm, tokenizer, wikitext):
+    settings = BuildSettings(k=8, threshold=0.2, max_atoms=150)  # full during the second batch
+    client = build(NnsightSource(lm, MODULES, model_name=NAME), _batches(tokenizer, wikitext, tokens=TOKENS), settings=settings, progress=False)
+    grower = ServerBuilder(lm, MODULES, NAME, remote="local", sessions=SessionSettings(session_batches=4))
+    served = build(grower, _batches(tokenizer, wikitext, tokens=TOKENS), settings=settings, progress=False)
+    assert served.dictionaries[HOOK].n_atoms == 150 and served.tokens == client.tokens < TOKENS
+    _same_build(served, client)
+
+
+def test_session_options_reach_the_settings():
+    train = ["train", "--hook", "model.layers.3", "--out", "x"]
+    args = command_parser().parse_args(train)
+    assert args.build_on == "client" and session_settings(args) == SessionSettings() and check_args(args) is None
+    args = command_parser().parse_args([*train, "--build-on", "server", "--session-batches", "3", "--max-request-bytes", "1000", "--max-result-bytes", "2000"])
+    assert session_settings(args) == SessionSettings(3, 1000, 2000)
+    assert check_args(args) == "argument --build-on: server needs --backend nnsight and --remote local or ndif"
+    assert check_args(command_parser().parse_args([*train, "--build-on", "server", "--backend", "nnsight", "--remote", "local"])) is None

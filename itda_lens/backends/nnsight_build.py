@@ -63,13 +63,16 @@ def grow_in_session(
 
     Returns, per hook, the activations that became atoms (model dtype, on the CPU) and
     the sizes the dictionary grew by past ``sent``; and per batch what ``update`` returned.
-    Batches stop before the activations returned would pass ``max_result_bytes``.
+    Batches stop once every dictionary is full, or before the activations returned would
+    pass ``max_result_bytes``.
     """
     growers: dict[str, GrowingDictionary] = {}
     found: dict[str, list[Tensor]] = {}
     outcomes: list[Outcome] = []
     size = 0
     for batch_tokens, batch_positions in zip(tokens, positions):
+        if growers and all(grower.full for grower in growers.values()):
+            break  # as the client build stops reading
         activations = source(batch_tokens)  # a trace in the session: reads the hooks, then stops
         outcome, rows = {}, {}
         for hook, x in activations.items():
@@ -134,9 +137,10 @@ class ServerBuilder:
 
     def grow(self, builders: dict[str, DictionaryBuilder], batches: list[TokenBatch]) -> list[Outcome]:
         """Grow ``builders`` from ``batches``, in as many sessions as ``max_result_bytes``
-        needs; per batch, what :meth:`~itda_lens.core.build.GrowingDictionary.update` returned for each hook."""
+        needs; per batch read (all, unless every builder is full first), what
+        :meth:`~itda_lens.core.build.GrowingDictionary.update` returned for each hook."""
         outcomes: list[Outcome] = []
-        while len(outcomes) < len(batches):
+        while len(outcomes) < len(batches) and not all(builder.full for builder in builders.values()):
             done = self._session(builders, batches[len(outcomes) :])
             if not done:
                 raise PayloadTooLarge(

@@ -210,7 +210,8 @@ class Grower(Protocol):
     def grow(self, builders: dict[str, DictionaryBuilder], batches: list[TokenBatch]) -> list[dict[str, tuple[list[int], float]]]:
         """Add to each builder, by :meth:`GrowingDictionary.extend`, the atoms that
         :meth:`GrowingDictionary.update` takes from ``batches``; for each batch and
-        hook, what ``update`` returned (rows counted among the batch's encoded positions)."""
+        hook, what ``update`` returned (rows counted among the batch's encoded positions).
+        Once every builder is full it stops, returning only the batches it read."""
         ...
 
 
