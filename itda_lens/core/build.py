@@ -8,7 +8,9 @@ are accepted in stream order, except one that an earlier accepted candidate of t
 step already explains alone (``1 - cos^2 <= threshold``), so the dictionary never holds
 duplicates. Building stops adding at ``max_atoms``. A token's
 encoding stops early once it is surely within the threshold (it cannot become an atom),
-which changes the time a build takes, not the dictionary.
+which changes the time a build takes, not the dictionary. :class:`GrowingDictionary`
+holds the atoms and this rule in plain torch; a :class:`Grower` runs it next to the model
+(in nnsight sessions on a server) and hands back what it took.
 
 A build writes a checkpoint every ``checkpoint_every`` batches and when interrupted or
 failing (of the batches finished by then); started again with the same settings and
