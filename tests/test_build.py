@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from itda_lens.core import pursuit
+from itda_lens.core import build as build_module
 from itda_lens.core.activations import TransformerLensSource
 from itda_lens.core.build import DictionaryBuilder, build, checkpoint_folders, find_checkpoint
 from itda_lens.core.config import BuildSettings
@@ -44,14 +44,14 @@ def test_stopping_early_leaves_the_dictionary_unchanged(monkeypatch):
     stopping = DictionaryBuilder(64, BuildSettings(k=8, threshold=0.2, step_tokens=100))
     added, worse = stopping.update(x)
     calls = []
-    original = pursuit.pursuit
+    original = build_module.pursuit
 
     def without_stopping(*args, tolerance=None, **kwargs):
         idx, val = original(*args, tolerance=tolerance, **kwargs)
         calls.append(((idx[:, -1] == idx[:, 0]) & (val[:, -1] == 0)).sum())
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(pursuit, "pursuit", without_stopping)
+    monkeypatch.setattr(build_module, "pursuit", without_stopping)
     full = DictionaryBuilder(64, BuildSettings(k=8, threshold=0.2, step_tokens=100))
     assert full.update(x) == (added, worse)
     assert sum(calls) > 100  # tokens did stop

@@ -8,7 +8,9 @@ are accepted in stream order, except one that an earlier accepted candidate of t
 step already explains alone (``1 - cos^2 <= threshold``), so the dictionary never holds
 duplicates. Building stops adding at ``max_atoms``. A token's
 encoding stops early once it is surely within the threshold (it cannot become an atom),
-which changes the time a build takes, not the dictionary.
+which changes the time a build takes, not the dictionary. :class:`GrowingDictionary`
+holds the atoms and this rule in plain torch; a :class:`Grower` runs it next to the model
+(in nnsight sessions on a server) and hands back what it took.
 
 A build writes a checkpoint every ``checkpoint_every`` batches and when interrupted or
 failing (of the batches finished by then); started again with the same settings and
@@ -20,12 +22,14 @@ is never lost.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -33,13 +37,14 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from itda_lens.core import pursuit
 from itda_lens.core.activations import ActivationSource
 from itda_lens.core.config import DEFAULT_BUILD, BuildSettings, CorpusSettings, ModelSettings
 from itda_lens.core.files import MAX_CONFIG_BYTES, read_regular_file
 from itda_lens.core.gram_rows import GRAM_BYTES, GramRows
 from itda_lens.core.itda import ITDA, ITDAConfig, relative_error
 from itda_lens.core.provenance import Provenance
+from itda_lens.core.pursuit import decode, pursuit
+from itda_lens.core.pursuit_blocks import padded_width
 from itda_lens.core.text import TokenBatch
 
 STATE_FILE = "state.json"
@@ -47,18 +52,24 @@ STATE_FILE = "state.json"
 CHECKPOINT_EVERY = 50
 
 
-class DictionaryBuilder:
-    """The growing dictionary of one hook point; its Gram rows take at most
-    ``gram_bytes`` (0: dense matching pursuit)."""
+class GrowingDictionary:
+    """The atoms of one hook point and the rule that grows them (see the module's text),
+    with the settings of :class:`~itda_lens.core.config.BuildSettings` as keywords; its
+    Gram rows take at most ``gram_bytes`` (0: none, dense matching pursuit: for a copy
+    that only collects atoms grown elsewhere).
 
-    def __init__(self, d_model: int, settings: BuildSettings = DEFAULT_BUILD, device: str | torch.device = "cpu", gram_bytes: int = GRAM_BYTES):
-        if not isinstance(settings, BuildSettings):
-            raise TypeError(f"settings must be a BuildSettings, got {type(settings).__name__}.")
-        self.d_model, self.settings, self.device = d_model, settings, torch.device(device)
-        self.k, self.threshold, self.max_atoms = settings.k, settings.threshold, settings.max_atoms
+    Plain torch and the standard library, so that it also runs inside an nnsight session
+    on a server that lacks itda-lens (:mod:`itda_lens.backends.nnsight_build`).
+    """
+
+    def __init__(
+        self, d_model: int, *, k: int, threshold: float, max_atoms: int | None, refit: bool, step_tokens: int,
+        device: str | torch.device = "cpu", gram_bytes: int = GRAM_BYTES,
+    ):
+        self.d_model, self.device = d_model, torch.device(device)
+        self.k, self.threshold, self.max_atoms, self.refit, self.step_tokens = k, threshold, max_atoms, refit, step_tokens
         self.n_atoms = 0
         self.groups: list[int] = []  # dictionary size after each addition
-        self.provenance: list[Provenance] = []
         self.gram_bytes = gram_bytes
         self._atoms = torch.empty(0, d_model, device=self.device)
         self._gram: GramRows | None = None
@@ -86,7 +97,7 @@ class DictionaryBuilder:
             )
         accepted: list[int] = []
         worse = encoded = 0
-        step = self.settings.step_tokens
+        step = self.step_tokens
         for start in range(0, len(x), step):
             if self.full:
                 break
@@ -95,8 +106,8 @@ class DictionaryBuilder:
             if self.n_atoms:
                 # A token stops encoding once surely within the threshold: it cannot become an atom.
                 k = min(self.k, self.n_atoms)
-                idx, val = pursuit.pursuit(chunk, self.atoms, k, gram=self._gram, refit=self.settings.refit, tolerance=self.threshold)
-                poor &= relative_error(chunk, pursuit.decode(idx, val, self.atoms)) > self.threshold
+                idx, val = pursuit(chunk, self.atoms, k, gram=self._gram, refit=self.refit, tolerance=self.threshold)
+                poor &= relative_error(chunk, decode(idx, val, self.atoms)) > self.threshold
             candidates = torch.nonzero(poor)[:, 0]
             worse, encoded = worse + len(candidates), encoded + len(chunk)
             keep = self._independent(F.normalize(chunk[candidates], dim=1))
@@ -104,7 +115,7 @@ class DictionaryBuilder:
                 keep = keep[: self.max_atoms - self.n_atoms]
             if keep:
                 rows = candidates[keep]
-                self._append(F.normalize(chunk[rows], dim=1))
+                self.extend(F.normalize(chunk[rows], dim=1))
                 accepted.extend((rows + start).tolist())
         return accepted, worse / encoded if encoded else float("nan")
 
@@ -116,6 +127,15 @@ class DictionaryBuilder:
             if not explains[j, keep].any():
                 keep.append(j)
         return keep
+
+    def extend(self, units: Float[Tensor, "a d_model"], groups: list[int] | None = None) -> None:
+        """Add unit-norm atoms, as :meth:`update` added them: in one addition, or in the
+        additions that ``groups`` (the dictionary's size after each) gives."""
+        start = self.n_atoms
+        if groups is None:
+            groups = [start + len(units)] if len(units) else []
+        for end in groups:
+            self._append(units[self.n_atoms - start : end - start].to(self.device, torch.float32))
 
     def _append(self, units: Float[Tensor, "a d_model"]) -> None:
         old, new = self.n_atoms, self.n_atoms + len(units)
@@ -133,10 +153,21 @@ class DictionaryBuilder:
         capacity = max(needed, 2 * len(self._atoms), 1024)
         if self.max_atoms is not None:
             capacity = min(capacity, self.max_atoms)
-        capacity = pursuit.padded_width(capacity)
+        capacity = padded_width(capacity)
         atoms = torch.empty(capacity, self.d_model, device=self.device)
         atoms[: self.n_atoms] = self.atoms
         self._atoms = atoms
+
+
+class DictionaryBuilder(GrowingDictionary):
+    """The growing dictionary of one hook point, with where each atom came from."""
+
+    def __init__(self, d_model: int, settings: BuildSettings = DEFAULT_BUILD, device: str | torch.device = "cpu", gram_bytes: int = GRAM_BYTES):
+        if not isinstance(settings, BuildSettings):
+            raise TypeError(f"settings must be a BuildSettings, got {type(settings).__name__}.")
+        super().__init__(d_model, **asdict(settings), device=device, gram_bytes=gram_bytes)
+        self.settings = settings
+        self.provenance: list[Provenance] = []
 
     def to_itda(self, model: str | None = None, hook: str | None = None, build: dict | None = None) -> ITDA:
         """The dictionary so far, for ``hook`` of ``model``, with ``build`` as its record."""
@@ -145,18 +176,33 @@ class DictionaryBuilder:
                 f"only {self.n_atoms} atoms were built, fewer than k={self.k}: give more text "
                 "(more tokens), a lower threshold, or a smaller k."
             )
-        cfg = ITDAConfig(d_model=self.d_model, k=self.k, threshold=self.threshold, model=model, hook=hook, refit=self.settings.refit, build=build or {})
+        cfg = ITDAConfig(d_model=self.d_model, k=self.k, threshold=self.threshold, model=model, hook=hook, refit=self.refit, build=build or {})
         return ITDA(self.atoms.clone(), cfg, Provenance.cat(self.provenance))
 
     def restore(self, itda: ITDA, groups: list[int]) -> None:
         """Continue from a checkpointed dictionary, grown in the same steps."""
-        atoms = itda.atoms.to(self.device, torch.float32)
         self.provenance = [itda.provenance]
-        start = 0
-        for end in groups:
-            self._append(atoms[start:end])
-            start = end
-        self.groups = list(groups)
+        self.extend(itda.atoms, groups)
+
+
+@runtime_checkable
+class Grower(Protocol):
+    """Grows the builders from several batches at once, away from the client: in an
+    nnsight session on a server (:class:`itda_lens.backends.nnsight_build.ServerBuilder`).
+    :func:`build` takes one in place of an :class:`~itda_lens.core.activations.ActivationSource`."""
+
+    hooks: list[str]
+    model_name: str
+    d_model: int
+    #: Batches given to one call of :meth:`grow`; a checkpoint can follow each call.
+    session_batches: int
+
+    def grow(self, builders: dict[str, DictionaryBuilder], batches: list[TokenBatch]) -> list[dict[str, tuple[list[int], float]]]:
+        """Add to each builder, by :meth:`GrowingDictionary.extend`, the atoms that
+        :meth:`GrowingDictionary.update` takes from ``batches``; for each batch and
+        hook, what ``update`` returned (rows counted among the batch's encoded positions).
+        Once every builder is full it stops, returning only the batches it read."""
+        ...
 
 
 @dataclass
@@ -171,7 +217,7 @@ class BuildResult:
 
 
 def build(
-    source: ActivationSource,
+    source: ActivationSource | Grower,
     batches: Iterable[TokenBatch],
     settings: BuildSettings = DEFAULT_BUILD,
     *,
@@ -198,15 +244,20 @@ def build(
 
     With ``checkpoint_dir`` the build resumes from a checkpoint found there, if it was
     made with the same settings and model dtype from the same batches (compared by a
-    hash of the tokens read so far). ``keep_checkpoint`` leaves a checkpoint of the
+    hash of the tokens read so far); it writes one when a multiple of ``checkpoint_every``
+    batches is passed. ``keep_checkpoint`` leaves a checkpoint of the
     finished build there, to be removed with :func:`remove_checkpoint` once the
     dictionaries are saved; otherwise it is removed when the build ends.
+
+    A :class:`Grower` source takes ``source.session_batches`` batches at a time, and
+    the time it takes counts as ``seconds_forward``.
     """
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be at least 1, got {checkpoint_every}.")
     if not isinstance(settings, BuildSettings):
         raise TypeError(f"settings must be a BuildSettings, got {type(settings).__name__}.")
-    builders = {hook: DictionaryBuilder(source.d_model, settings, device, gram_bytes) for hook in source.hooks}
+    grows = isinstance(source, Grower)  # the dictionaries grow elsewhere: no Gram rows here
+    builders = {hook: DictionaryBuilder(source.d_model, settings, device, gram_bytes=0 if grows else gram_bytes) for hook in source.hooks}
     recorded = {"hooks": source.hooks, "model": source.model_name, **asdict(settings)}
     if model is not None:
         recorded["model_dtype"] = model.dtype
@@ -219,41 +270,42 @@ def build(
     found = find_checkpoint(checkpoint) if checkpoint is not None else None
     if found is not None:
         state = _resume(found, recorded, builders)
-    resumed = saved = state["batches"]
+    saved = state["batches"]
     bar = tqdm(total=total_tokens, initial=state["tokens"], unit="tok", desc="building", disable=not progress)
     try:
-        number = -1
-        for number, batch in enumerate(batches):
-            if number == resumed:
-                _check_corpus(text_hash, state, found)
-            _digest(text_hash, batch)
-            if number < resumed:
-                continue
+        for group in _groups(_unread(batches, text_hash, state, found), source.session_batches if grows else 1):
             if all(b.full for b in builders.values()):
                 break
             start = time.perf_counter()
-            activations = source(batch.tokens)
-            middle = time.perf_counter()
-            positions = torch.nonzero(batch.mask.flatten())[:, 0]
-            for hook, builder in builders.items():
-                x = activations[hook].flatten(0, 1)[positions.to(activations[hook].device)]
-                added, worse = builder.update(x)
-                if added:
-                    builder.provenance.append(batch.provenance(positions[added]))
-                state["history"][hook].append([state["tokens"] + len(positions), builder.n_atoms, worse])
+            if grows:
+                outcomes = source.grow(builders, [batch for _, batch, _ in group])
+                middle = time.perf_counter()
+            else:
+                batch = group[0][1]
+                activations = source(batch.tokens)
+                middle = time.perf_counter()
+                positions = torch.nonzero(batch.mask.flatten())[:, 0]
+                outcomes = [{}]
+                for hook, builder in builders.items():
+                    outcomes[0][hook] = builder.update(activations[hook].flatten(0, 1)[positions.to(activations[hook].device)])
             end = time.perf_counter()
-            # The batch is done, in one update; a checkpoint leaves out what an unfinished batch added.
-            state.update(
-                batches=number + 1, tokens=state["tokens"] + len(positions), corpus_sha256=text_hash.hexdigest(),
-                seconds_forward=state["seconds_forward"] + middle - start, seconds_dictionary=state["seconds_dictionary"] + end - middle,
-            )
-            bar.update(len(positions))
+            state.update(seconds_forward=state["seconds_forward"] + middle - start, seconds_dictionary=state["seconds_dictionary"] + end - middle)
+            sizes = {hook: builder.n_atoms - sum(len(outcome[hook][0]) for outcome in outcomes) for hook, builder in builders.items()}
+            for (number, batch, digest), outcome in zip(group, outcomes):
+                positions = torch.nonzero(batch.mask.flatten())[:, 0]
+                for hook, builder in builders.items():
+                    added, worse = outcome[hook]
+                    if added:
+                        builder.provenance.append(batch.provenance(positions[added]))
+                    sizes[hook] += len(added)
+                    state["history"][hook].append([state["tokens"] + len(positions), sizes[hook], worse])
+                # The batch is done, in one update; a checkpoint leaves out what an unfinished batch added.
+                state.update(batches=number + 1, tokens=state["tokens"] + len(positions), corpus_sha256=digest)
+                bar.update(len(positions))
             bar.set_postfix(atoms=",".join(str(b.n_atoms) for b in builders.values()))
-            if checkpoint is not None and state["batches"] % checkpoint_every == 0:
+            if checkpoint is not None and state["batches"] // checkpoint_every > saved // checkpoint_every:
                 _save_checkpoint(checkpoint, recorded, builders, state)
                 saved = state["batches"]
-        if number < resumed:
-            _check_corpus(text_hash, state, found)
     except BaseException:  # Ctrl-C, a failed remote job, ...: keep what is finished
         if checkpoint is not None and state["batches"] > saved:
             _save_checkpoint(checkpoint, recorded, builders, state)
@@ -295,6 +347,27 @@ def remove_checkpoint(directory: str | Path) -> None:
     for folder in checkpoint_folders(directory):
         if folder.exists():
             shutil.rmtree(folder)
+
+
+def _unread(batches: Iterable[TokenBatch], corpus, state: dict, checkpoint: Path | None) -> Iterator[tuple[int, TokenBatch, str]]:
+    """The batches after the ``state["batches"]`` a checkpoint holds, each with its number
+    and the hash of the corpus read up to it; every batch read goes into the hash, which
+    must match the checkpoint's once its batches are read."""
+    resumed, number = state["batches"], -1
+    for number, batch in enumerate(batches):
+        if number == resumed:
+            _check_corpus(corpus, state, checkpoint)
+        _digest(corpus, batch)
+        if number >= resumed:
+            yield number, batch, corpus.hexdigest()
+    if number < resumed:
+        _check_corpus(corpus, state, checkpoint)
+
+
+def _groups(items: Iterator, size: int) -> Iterator[list]:
+    """``items`` in lists of ``size`` (the last may be shorter)."""
+    while group := list(itertools.islice(items, size)):
+        yield group
 
 
 def _digest(corpus, batch: TokenBatch) -> None:

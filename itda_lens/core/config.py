@@ -57,6 +57,32 @@ DEFAULT_BUILD = BuildSettings()
 
 
 @dataclass(frozen=True)
+class SessionSettings:
+    """How a build runs next to the model, in nnsight sessions
+    (:class:`itda_lens.backends.nnsight_build.ServerBuilder`); the dictionary does not depend on them."""
+
+    session_batches: int = 16
+    """Batches per session; the client checkpoints after each, so a failed session loses at most these."""
+
+    max_request_bytes: int | None = None
+    """Refuse to send a session larger than this (the dictionary sent in counts); ``None``: no cap."""
+
+    max_result_bytes: int | None = None
+    """End a session before the atoms it returns pass this many bytes (the next session
+    goes on); ``None``: no cap."""
+
+    def __post_init__(self) -> None:
+        checks.integer(self.session_batches, "session_batches", low=1)
+        for name in ("max_request_bytes", "max_result_bytes"):
+            if getattr(self, name) is not None:
+                checks.integer(getattr(self, name), name, low=1)
+
+
+#: The session settings a server-side build takes when given none.
+DEFAULT_SESSIONS = SessionSettings()
+
+
+@dataclass(frozen=True)
 class CorpusSettings:
     """Which text is read, and how it is cut into batches of token sequences."""
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from itda_lens.tools.options import (
     add_dictionary_args,
     add_run_args,
+    add_session_args,
     add_text_args,
     build_settings,
     check_args,
@@ -30,6 +31,7 @@ from itda_lens.tools.options import (
     model_settings,
     one_line,
     positive_int,
+    session_settings,
     text_documents,
     token_batches,
 )
@@ -74,9 +76,10 @@ def command_parser() -> argparse.ArgumentParser:
     train.add_argument("--backend", choices=["transformer_lens", "nnsight"], default="transformer_lens")
     train.add_argument("--remote", choices=["no", "local", "ndif"], default="no", help="with --backend nnsight: run traces on NDIF (needs a Hub id and NDIF_API_KEY), or simulate it locally")
     add_dictionary_args(train)
+    add_session_args(train)
     train.add_argument("--out", type=Path, required=True, help="output folder (one sub-folder per hook if several)")
     train.add_argument("--overwrite", action="store_true", help="replace the dictionaries in --out (other files there are kept)")
-    train.add_argument("--checkpoint-every", type=positive_int, default=CHECKPOINT_EVERY, help="batches between checkpoints")
+    train.add_argument("--checkpoint-every", type=positive_int, default=CHECKPOINT_EVERY, help="batches between checkpoints (with --remote ndif or --build-on server: after each batch or session)")
     add_text_args(train, "train")
     add_run_args(train)
 
@@ -113,7 +116,12 @@ def _train(args) -> dict:
         else:
             model = load_model(args, name, "nnsight")
         remote = {"no": False, "local": "local", "ndif": True}[args.remote]
-        source = NnsightSource(model, args.hook, model_name=name, remote=remote)
+        if args.build_on == "server":
+            from itda_lens.backends.nnsight_build import ServerBuilder
+
+            source = ServerBuilder(model, args.hook, model_name=name, remote=remote, sessions=session_settings(args))
+        else:
+            source = NnsightSource(model, args.hook, model_name=name, remote=remote)
     else:
         model = load_model(args, name, "transformer_lens")
         source = TransformerLensSource(model, args.hook, model_name=name)
@@ -126,7 +134,7 @@ def _train(args) -> dict:
             build_settings(args),
             device=args.device,
             checkpoint_dir=checkpoint,
-            checkpoint_every=1 if args.remote == "ndif" else args.checkpoint_every,
+            checkpoint_every=1 if args.remote == "ndif" or args.build_on == "server" else args.checkpoint_every,
             keep_checkpoint=True,
             total_tokens=args.max_tokens,
             progress=not args.no_progress,
@@ -150,7 +158,7 @@ def _train(args) -> dict:
         print(f"{hook}: {size} atoms from {result.tokens} tokens")
     print(f"forward {result.seconds_forward:.1f} s, dictionary {result.seconds_dictionary:.1f} s; saved to {out}")
     return {
-        "n_atoms": sizes[args.hook[0]] if single else sizes,
+        "n_atoms": next(iter(sizes.values())) if single else sizes,
         "tokens": result.tokens,
         "seconds_forward": result.seconds_forward,
         "seconds_dictionary": result.seconds_dictionary,

@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from itda_lens.core.config import DTYPES, SPLITS, BuildSettings, CorpusSettings, ModelSettings
+from itda_lens.core.config import DTYPES, SPLITS, BuildSettings, CorpusSettings, ModelSettings, SessionSettings
 
 
 def _number(text: str, kind: type):
@@ -105,6 +105,23 @@ def add_dictionary_args(parser) -> None:
     parser.add_argument("--step-tokens", type=positive_int, default=BuildSettings.step_tokens, help="tokens offered to the dictionary at a time")
 
 
+def add_session_args(parser) -> None:
+    """Where the dictionary is built, and the sessions of a server-side build (:class:`~itda_lens.core.config.SessionSettings`)."""
+    group = parser.add_argument_group("building on the server (--backend nnsight --remote local|ndif --build-on server)")
+    group.add_argument(
+        "--build-on", choices=["client", "server"], default="client",
+        help="client: stream the activations here and build here; server: build next to the model in nnsight sessions, only new atoms come back",
+    )
+    group.add_argument("--session-batches", type=positive_int, default=SessionSettings.session_batches, help="batches per session; a checkpoint follows each")
+    group.add_argument("--max-request-bytes", type=positive_int, default=SessionSettings.max_request_bytes, help="refuse to send a larger session (the dictionary sent in counts)")
+    group.add_argument("--max-result-bytes", type=positive_int, default=SessionSettings.max_result_bytes, help="end a session before the atoms it returns pass this many bytes")
+
+
+def session_settings(args: argparse.Namespace) -> SessionSettings:
+    """The session settings the options give."""
+    return SessionSettings(args.session_batches, args.max_request_bytes, args.max_result_bytes)
+
+
 def build_settings(args: argparse.Namespace) -> BuildSettings:
     """The build settings the options give."""
     return BuildSettings(args.k, args.threshold, args.max_atoms, args.refit, args.step_tokens)
@@ -129,6 +146,8 @@ def check_args(args: argparse.Namespace) -> str | None:
     max_atoms, k = getattr(args, "max_atoms", None), getattr(args, "k", None)
     if max_atoms is not None and k is not None and max_atoms < k:
         return f"argument --max-atoms: must be at least --k ({k}), got {max_atoms}"
+    if getattr(args, "build_on", "client") == "server" and (args.backend != "nnsight" or args.remote == "no"):
+        return "argument --build-on: server needs --backend nnsight and --remote local or ndif"
     if getattr(args, "text_file", None) is not None and getattr(args, "dataset", None) is not None:
         return "argument --dataset: give --text-file or --dataset, not both"
     return None
