@@ -28,13 +28,13 @@ import json
 import resource
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from itda_lens import ITDA, BuildSettings
 from itda_lens.backends.models import cache_dir
+from itda_lens.core.itda import relative_error
 
 HOOK = "blocks.15.hook_resid_post"
 
@@ -89,6 +89,24 @@ def random_problem(n_atoms: int, d_model: int, tokens: int, generator: torch.Gen
     return atoms, x
 
 
+def timed(device: str, fn, *args) -> float:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn(*args)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def dictionary(atoms: torch.Tensor, args: argparse.Namespace) -> ITDA:
+    """A fresh dictionary (no Gram rows made yet) with MP coefficients, as plain MP gives."""
+    itda = ITDA.from_atoms(atoms, k=args.k, refit=False)
+    if args.gram_gib is not None:
+        itda.gram_bytes = int(args.gram_gib * (1 << 30))
+    return itda
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--atoms", type=int, nargs="+", default=[2048, 8192, 32768, 131072], help="dictionary sizes")
@@ -106,9 +124,10 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     if args.data == "smollm2":
         train, heldout = smollm2_activations(args.text_file, max(args.atoms), args.tokens + args.warm_tokens)
+    dictionary(F.normalize(torch.randn(256, 32), dim=1), args).encode(torch.randn(8, 32))  # compile the steps before timing
     print(f"data={args.data} d_model={args.d_model if args.data == 'random' else 576} k={args.k} tokens={args.tokens} "
           f"warm_tokens={args.warm_tokens} device={args.device} threads={torch.get_num_threads()}")
-    print(f"{'atoms':>7} {'plain MP s':>10} {'cold s':>8} {'warm s':>8} {'cold x':>7} {'warm x':>7} {'same':>7} {'rows held':>10} {'Gram MiB':>9} {'peak RSS GiB':>12}")
+    print(f"{'atoms':>7} {'plain MP s':>10} {'cold s':>8} {'warm s':>8} {'cold x':>7} {'warm x':>7} {'same':>7} {'error plain/itda':>17} {'rows held':>10} {'Gram MiB':>9} {'peak RSS GiB':>12}")
     results = []
     for n_atoms in args.atoms:
         if args.data == "smollm2":
@@ -119,42 +138,32 @@ def main() -> None:
             x, warm_x = both[: args.tokens], both[args.tokens :]
         atoms, x, warm_x = atoms.to(args.device), x.to(args.device), warm_x.to(args.device)
 
-        def timed(fn) -> float:
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            return time.perf_counter() - start
-
-        def fresh() -> ITDA:
-            itda = ITDA.from_atoms(atoms, k=args.k, refit=False)
-            if args.gram_gib is not None:
-                itda.gram_bytes = int(args.gram_gib * (1 << 30))
-            return itda
-
         plain, cold, warm = [], [], []
         for _ in range(args.repeats):
-            plain.append(timed(lambda: plain_mp(x, atoms, args.k)))
-            cold_itda = fresh()
-            cold.append(timed(lambda: cold_itda.encode(x)))
-            warm_itda = fresh()
+            plain.append(timed(args.device, plain_mp, x, atoms, args.k))
+            cold_itda = dictionary(atoms, args)
+            cold.append(timed(args.device, cold_itda.encode, x))
+            del cold_itda  # its Gram rows
+            warm_itda = dictionary(atoms, args)
             warm_itda.encode(warm_x)
-            warm.append(timed(lambda: warm_itda.encode(x)))
+            warm.append(timed(args.device, warm_itda.encode, x))
         seconds = {"plain_mp": statistics.median(plain), "cold": statistics.median(cold), "warm": statistics.median(warm)}
-        want = plain_mp(x, atoms, args.k)[0]
-        same = float((warm_itda.encode(x).indices == want).float().mean())
+        want = plain_mp(x, atoms, args.k)
+        codes = warm_itda.encode(x)
+        same = float((codes.indices == want[0]).float().mean())
+        # Where the two choose differently (ties in float rounding), the reconstructions must still agree.
+        error_plain = float(relative_error(x, warm_itda.decode(want)).mean())
+        error_itda = float(relative_error(x, warm_itda.decode(codes)).mean())
         gram = warm_itda.gram_rows()
         row = {
-            "n_atoms": n_atoms, "seconds": seconds, "speedup_cold": seconds["plain_mp"] / seconds["cold"],
+            "n_atoms": n_atoms, "seconds": seconds, "relative_error_plain": error_plain, "relative_error_itda": error_itda, "speedup_cold": seconds["plain_mp"] / seconds["cold"],
             "speedup_warm": seconds["plain_mp"] / seconds["warm"], "same_indices": same,
             "rows_held": gram.n_held, "gram_bytes": gram.buffer.numel() * gram.buffer.element_size(),
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         }
         results.append(row)
         print(f"{n_atoms:>7} {seconds['plain_mp']:>10.2f} {seconds['cold']:>8.2f} {seconds['warm']:>8.2f} {row['speedup_cold']:>6.1f}x {row['speedup_warm']:>6.1f}x "
-              f"{100 * same:>6.2f}% {gram.n_held:>10} {row['gram_bytes'] / 2**20:>9.0f} {row['peak_rss_bytes'] / 2**30:>12.2f}", flush=True)
+              f"{100 * same:>6.2f}% {error_plain:>8.5f}/{error_itda:<8.5f} {gram.n_held:>10} {row['gram_bytes'] / 2**20:>9.0f} {row['peak_rss_bytes'] / 2**30:>12.2f}", flush=True)
     print(json.dumps({"data": args.data, "k": args.k, "tokens": args.tokens, "results": results}))
 
 

@@ -25,11 +25,11 @@ from itda_lens import ITDA, BuildSettings
 from itda_lens.core.build import DictionaryBuilder
 
 
-def timed(fn, device: str) -> float:
+def timed(device: str, fn, *args) -> float:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     start = time.perf_counter()
-    fn()
+    fn(*args)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return time.perf_counter() - start
@@ -40,7 +40,7 @@ def matmul_peak(device: str, dtype: torch.dtype, size: int = 8192) -> float:
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     a @ b
-    return 2 * size**3 / min(timed(lambda: a @ b, device) for _ in range(3))
+    return 2 * size**3 / min(timed(device, torch.matmul, a, b) for _ in range(3))
 
 
 def plain_mp(x: torch.Tensor, atoms: torch.Tensor, k: int) -> torch.Tensor:
@@ -58,8 +58,8 @@ def plain_mp(x: torch.Tensor, atoms: torch.Tensor, k: int) -> torch.Tensor:
 def problem(n: int, d_model: int, n_atoms: int, generator: torch.Generator, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Unit atoms and inputs near the span of 30 of them (drawn uniformly)."""
     atoms = F.normalize(torch.randn(n_atoms, d_model, generator=generator), dim=1)
-    picks = torch.randint(0, n_atoms, (n, 30), generator=generator)
-    x = (torch.randn(n, 30, 1, generator=generator) * atoms[picks]).sum(1) + 0.05 * torch.randn(n, d_model, generator=generator)
+    mix = torch.zeros(n, n_atoms).scatter_(1, torch.randint(0, n_atoms, (n, 30), generator=generator), torch.randn(n, 30, generator=generator))
+    x = mix @ atoms + 0.05 * torch.randn(n, d_model, generator=generator)
     return atoms.to(device), x.to(device)
 
 
@@ -84,12 +84,12 @@ def main() -> None:
         for n_atoms in args.atoms:
             atoms, x = problem(args.tokens, d_model, n_atoms, generator, device)
             itda = ITDA.from_atoms(atoms, k=args.k, refit=False)
-            itda.gram_rows()  # made once per dictionary
+            itda.gram_rows().fetch(torch.arange(n_atoms, device=device))  # every row, made once per dictionary
             for dtype in ("float32", "bfloat16"):
                 inputs = x.to(getattr(torch, dtype))
                 itda.encode(inputs[:64])
-                seconds = timed(lambda: itda.encode(inputs), device)
-                plain_seconds = timed(lambda: plain_mp(inputs.float(), atoms, args.k), device)
+                seconds = timed(device, itda.encode, inputs)
+                plain_seconds = timed(device, plain_mp, inputs.float(), atoms, args.k)
                 same = float((itda.encode(inputs).indices == plain_mp(inputs.float(), atoms, args.k)).float().mean())
                 flops = args.tokens * (2 * n_atoms * d_model + 2 * args.k * n_atoms)
                 row = {
@@ -110,7 +110,9 @@ def main() -> None:
                 _, x = problem(4096, d_model, 4096, generator, device)
                 builder.update(x)
                 tokens += 4096
-            seconds = timed(lambda: None, device) + time.perf_counter() - start
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
             builds.append({"d_model": d_model, "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds})
             print(f"{d_model:>7} {tokens:>7} tokens in {seconds:.1f} s: {tokens / seconds:.0f} tok/s", flush=True)
     print(json.dumps({"device": name, "k": args.k, "peaks": peaks, "encode": rows, "build": builds}))

@@ -123,8 +123,8 @@ class GramRows:
             protected = torch.zeros(len(self.atom_of), dtype=torch.bool, device=wanted.device)
             protected[slots[slots >= 0]] = True
             evictable = torch.nonzero((self.atom_of >= 0) & ~protected)[:, 0]
-            order = torch.argsort(self.uses[self.atom_of[evictable]], stable=True)
-            evicted = evictable[order[: len(missing) - len(free)]]
+            n_evict = min(len(missing) - len(free), len(evictable))
+            evicted = evictable[torch.topk(self.uses[self.atom_of[evictable]], n_evict, largest=False, sorted=False).indices]
             self.slot[self.atom_of[evicted]] = -1
             self.atom_of[evicted] = -1
             self.n_held -= len(evicted)
