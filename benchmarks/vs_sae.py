@@ -15,6 +15,9 @@ the seconds each took; reading the activations is counted once, apart.
 SAE Lens needs TransformerLens 3, so this runs in the TL3 environment:
 
     .venv-tl3/bin/python benchmarks/vs_sae.py --text-file ../shared/corpus/wikitext-2/valid.txt
+
+On 2 CPU cores that takes most of an hour, mostly the model's forward passes (reading,
+probes, evaluation); --eval-tokens and --probe-tokens shorten the last two.
 """
 
 from __future__ import annotations
