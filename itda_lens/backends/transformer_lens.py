@@ -133,7 +133,9 @@ def run_from(model, block: int, residual: Float[Tensor, "batch seq d_model"]) ->
 
     ``HookedTransformer`` starts there (``start_at_layer``). ``TransformerBridge``'s
     ``start_at_layer`` runs the blocks below too and discards their output, so they are
-    swapped for a pass-through during the call (restored after it, even on an error)."""
+    swapped for a pass-through during the call (restored after it, even on an error); the
+    logits are those of a whole pass where, as in Llama-family models, the blocks read
+    nothing from the blocks below but the residual stream."""
     if not _is_bridge(model) or block == 0:
         return model(residual, start_at_layer=block)
     blocks = model.blocks

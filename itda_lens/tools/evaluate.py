@@ -26,10 +26,11 @@ def evaluate(
     position (BOS and padding keep theirs); the zero-ablated run puts zeros there.
 
     At a residual-stream hook (``blocks.L.hook_resid_pre``, or ``hook_resid_post`` of any
-    block but the last) the model runs once up to the hook and then, from the hook on,
-    once more on the clean, spliced and zero-ablated activations stacked along the batch
-    (see :func:`~itda_lens.backends.transformer_lens.run_from`). At any other hook point it
-    runs three whole forward passes, hooked there.
+    block but the last; see :func:`~itda_lens.backends.transformer_lens.start_block`) the
+    model runs once up to the hook, then once from it on over the clean, spliced and
+    zero-ablated activations stacked along the batch, three times the batch in memory
+    (:func:`~itda_lens.backends.transformer_lens.run_from`). At any other hook point, and
+    on TransformerLens 3's ``TransformerBridge``, it runs three whole forward passes.
     """
     hook = hook or itda.config.hook
     if hook is None:
