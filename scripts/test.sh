@@ -10,4 +10,4 @@ SUFFIX=""
 if [ "${ITDA_LENS_VERSIONS:-tested}" = latest ]; then SUFFIX="-latest"; fi
 ".venv$SUFFIX/bin/ruff" check itda_lens tests benchmarks
 ".venv$SUFFIX/bin/python" -m pytest -q tests "$@"
-".venv-tl3$SUFFIX/bin/python" -m pytest -q -m tl3 tests/test_transformer_lens.py tests/test_saelens.py tests/test_generation.py "$@"
+".venv-tl3$SUFFIX/bin/python" -m pytest -q -m tl3 tests/test_transformer_lens.py tests/test_saelens.py tests/test_generation.py tests/test_evaluate_continued.py "$@"

@@ -44,10 +44,12 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from importlib.metadata import version
 from typing import Literal
 
 import torch
 from jaxtyping import Bool, Float, Int
+from packaging.version import Version
 from torch import Tensor, nn
 
 from itda_lens.core import checks, ops
@@ -68,6 +70,9 @@ __all__ = [
     "check_compatible",
     "detach",
     "replace_hook",
+    "run_from",
+    "run_until",
+    "start_block",
 ]
 
 
@@ -97,6 +102,58 @@ def replace_hook(replacement: Float[Tensor, "batch seq d_model"], mask: Bool[Ten
         return torch.where(mask_here, replacement.to(activation.device, activation.dtype), activation)
 
     return hook_fn
+
+
+def start_block(model, hook: str) -> int | None:
+    """The block that :func:`run_from` starts at to continue the model from ``hook``: ``L``
+    for ``blocks.L.hook_resid_pre``, ``L + 1`` for ``blocks.L.hook_resid_post`` of any block
+    but the last, under any name of those hook points. ``None`` at every other hook point,
+    and on a ``TransformerBridge`` of TransformerLens 3 (it cannot start at a block)."""
+    if _is_bridge(model) and Version(version("transformer-lens")).major < 4:
+        return None
+    hooks = model.hook_dict
+    point = hooks[hook]
+    n_layers = model.cfg.n_layers
+    for layer in range(n_layers):
+        if hooks.get(f"blocks.{layer}.hook_resid_pre") is point:
+            return layer
+        if layer + 1 < n_layers and hooks.get(f"blocks.{layer}.hook_resid_post") is point:
+            return layer + 1
+    return None
+
+
+def run_until(model, block: int, tokens: Int[Tensor, "batch seq"]) -> Float[Tensor, "batch seq d_model"]:
+    """The residual stream entering ``block``, running only the blocks below it."""
+    return model(tokens, stop_at_layer=block)
+
+
+def run_from(model, block: int, residual: Float[Tensor, "batch seq d_model"]) -> Float[Tensor, "batch seq vocab"]:
+    """The logits of the model continued from ``residual`` entering ``block`` (see
+    :func:`start_block`), running only ``block`` and the blocks above it.
+
+    ``HookedTransformer`` starts there (``start_at_layer``). ``TransformerBridge``'s
+    ``start_at_layer`` runs the blocks below too and discards their output, so they are
+    swapped for a pass-through during the call (restored after it, even on an error); the
+    logits are those of a whole pass where, as in Llama-family models, the blocks read
+    nothing from the blocks below but the residual stream."""
+    if not _is_bridge(model) or block == 0:
+        return model(residual, start_at_layer=block)
+    blocks = model.blocks
+    skipped = [blocks[index] for index in range(block)]
+    try:
+        for index in range(block):
+            blocks[index] = _PassThrough()
+        return model(residual, start_at_layer=block)
+    finally:
+        for index, original in enumerate(skipped):
+            blocks[index] = original
+
+
+class _PassThrough(nn.Module):
+    """Stands in for a block whose output the bridge discards."""
+
+    def forward(self, hidden_states: Tensor, *args, **kwargs) -> Tensor:
+        return hidden_states
 
 
 @dataclass(eq=False)
