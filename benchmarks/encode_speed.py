@@ -55,15 +55,15 @@ def plain_mp(x: torch.Tensor, atoms: torch.Tensor, k: int) -> tuple[torch.Tensor
 
 def smollm2_activations(text_file: str, n_train: int, n_heldout: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``[n_train, 576]`` activations of training documents and ``[n_heldout, 576]`` of
-    held-out ones at :data:`HOOK`, cached under the itda-lens cache folder."""
-    path = cache_dir() / "benchmarks" / f"smollm2-{HOOK}-{n_train}-{n_heldout}.safetensors"
-    if path.exists():
-        import safetensors.torch
-
-        saved = safetensors.torch.load_file(path)
-        return saved["train"], saved["heldout"]
+    held-out ones at :data:`HOOK`, cached under the itda-lens cache folder (a cache with
+    at least as many is sliced)."""
     import safetensors.torch
 
+    path = cache_dir() / "benchmarks" / f"smollm2-{HOOK}.safetensors"
+    if path.exists():
+        saved = safetensors.torch.load_file(path)
+        if len(saved["train"]) >= n_train and len(saved["heldout"]) >= n_heldout:
+            return saved["train"][:n_train], saved["heldout"][:n_heldout]
     from itda_lens import load_model
     from itda_lens.core.activations import TransformerLensSource
     from itda_lens.core.text import file_documents, select_split, token_batches
