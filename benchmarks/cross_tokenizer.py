@@ -30,8 +30,8 @@ those chosen on the pilot seeds of ``layer_matching.py``. Trained models and tok
 are kept in ``--models-dir``. Keep ``--threads`` at or below the free cores: more
 threads than cores slows training many times over.
 
-    python benchmarks/cross_tokenizer.py --tokenizers bpe:2000 bpe:4000 --depths 4 6 --seeds 0 10 11 \\
-        --steps 600 --build-docs 3 --min-overlaps 1.0 0.75 0.6      # the run in docs/benchmarks.md
+    python benchmarks/cross_tokenizer.py --tokenizers bpe:2000@0,10 bpe:4000@0 --depths 4 6 --steps 600 \\
+        --build-docs 2 --min-overlaps 1.0 0.75 0.6 --out runs/cross_tokenizer/report   # the run in docs/benchmarks.md
     python benchmarks/cross_tokenizer.py --threads 4                  # the full design: three tokenizers, seeds 10-12
 """
 
@@ -114,7 +114,9 @@ def main(argv: list[str] | None = None) -> dict:
     build_docs = documents[: args.build_docs]
     print(f"corpus {args.text_file.name}: {len(train_docs)} training documents; dictionaries on the first {len(build_docs)} documents", flush=True)
 
-    models, group, seconds = [], {}, {"train": 0.0, "build": 0.0}
+    # Every model is trained (or loaded) before any is hosted by TransformerLens: training
+    # after a TransformerBridge was booted in the process ran many times slower here.
+    trained, group, seconds = [], {}, {"train": 0.0, "build": 0.0}
     for spec, depth in zip(args.tokenizers, args.depths):
         kind, vocab_size = spec.split("@")[0].split(":")
         seeds = [int(seed) for seed in spec.split("@")[1].split(",")] if "@" in spec else args.seeds
@@ -122,28 +124,30 @@ def main(argv: list[str] | None = None) -> dict:
         config = TinyLMConfig(args.d_model, depth, args.heads, args.d_mlp, args.seq_len, args.batch_size, args.steps, args.lr, softmax_tokens=None)
         train = Sequences.from_documents(train_docs, tokenizer, args.seq_len)
         heldout = Sequences.from_documents(heldout_docs, tokenizer, args.seq_len)
-        hooks = [f"blocks.{i}.hook_resid_post" for i in range(depth)]
         for seed in seeds:
             t0 = time.perf_counter()
             model, info = trained_model(args.models_dir, train, tokenizer, config, seed, args.device)
             loss = heldout_loss(model, heldout, training_vocabulary(train), args.device)
-            t1 = time.perf_counter()
+            seconds["train"] += time.perf_counter() - t0
             name = f"{kind}{vocab_size}-L{depth}-s{seed}"
-            source = TransformerLensSource(bridge(model, tokenizer, name), hooks, model_name=name)
-            batches = token_batches(build_docs, tokenizer, args.seq_len, 32, None)
-            n_tokens = sum(len(tokenizer(text)["input_ids"]) for text in build_docs)
-            fraction = record_fraction(n_tokens, depth, args.d_model, args.baseline_tokens)
-            with torch.no_grad():
-                layers = model_layers(
-                    source, batches, name, BuildSettings(k=args.k, threshold=args.threshold, max_atoms=args.max_atoms), record_fraction=fraction, device=args.device
-                )
-            t2 = time.perf_counter()
-            seconds["train"] += t1 - t0
-            seconds["build"] += t2 - t1
-            models.append(layers)
             group[name] = spec
-            sizes = ",".join(str(d.n_atoms) for d in layers.dictionaries.values())
-            print(f"{name}: trained in {info['seconds']:.0f} s, held-out loss {loss:.3f} nats ({len(tokenizer)} tokens); {layers.tokens} tokens, atoms per layer {sizes} ({t2 - t1:.0f} s)", flush=True)
+            trained.append((name, model, tokenizer, depth))
+            print(f"{name}: trained in {info['seconds']:.0f} s, held-out loss {loss:.3f} nats ({len(tokenizer)} tokens)", flush=True)
+    models = []
+    for name, model, tokenizer, depth in trained:
+        t0 = time.perf_counter()
+        hooks = [f"blocks.{i}.hook_resid_post" for i in range(depth)]
+        source = TransformerLensSource(bridge(model, tokenizer, name), hooks, model_name=name)
+        batches = token_batches(build_docs, tokenizer, args.seq_len, 32, None)
+        n_tokens = sum(len(tokenizer(text)["input_ids"]) for text in build_docs)
+        fraction = record_fraction(n_tokens, depth, args.d_model, args.baseline_tokens)
+        settings = BuildSettings(k=args.k, threshold=args.threshold, max_atoms=args.max_atoms)
+        with torch.no_grad():
+            layers = model_layers(source, batches, name, settings, record_fraction=fraction, device=args.device)
+        seconds["build"] += time.perf_counter() - t0
+        models.append(layers)
+        sizes = ",".join(str(d.n_atoms) for d in layers.dictionaries.values())
+        print(f"{name}: {layers.tokens} tokens, atoms per layer {sizes} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     t0 = time.perf_counter()
     names = [m.name for m in models]
