@@ -8,7 +8,8 @@ accuracy over the draws:
 - models: each draw takes as many models as there are, from each group (e.g. one group
   per tokenizer) separately; an ordered pair of drawn models counts once per way to draw
   it (``count_a * count_b``), a model against itself (with ``include_self``) once per
-  copy; two copies of one model never make a cross-model pair;
+  copy; two copies of one model never make a cross-model pair, and a draw left with no
+  pair at all is skipped;
 - documents (ITDA Jaccard only): each draw weights every document by how often it is
   drawn. Jaccard over a set of documents is a ratio of sums of per-document counts
   (:class:`DocumentCounts`), so it is recomputed exactly for every draw. The baselines'
@@ -162,6 +163,8 @@ def accuracy_interval(
         total += weight * score
         decisions += weight * rows[(a, b)]
     accuracy = total / decisions.clamp_min(1)
+    # A draw of copies of one model only has no cross-model pair: it decides nothing.
+    decided = accuracy[1:][decisions[1:] > 0]
     tail = (1.0 - level) / 2
-    low, high = torch.quantile(accuracy[1:], torch.tensor([tail, 1.0 - tail], dtype=torch.float64)).tolist()
+    low, high = torch.quantile(decided, torch.tensor([tail, 1.0 - tail], dtype=torch.float64)).tolist()
     return Interval(float(accuracy[0]), low, high)
