@@ -10,8 +10,10 @@ at the same depth:
 - cross-model: every layer of every ordered pair of different models (Kornblith et al.);
 - with self-pairs: each model against itself counted as well (as the ITDA paper counts).
 
-Prints a table of accuracies, the Jaccard at matched depth beside its null, and writes a
-heatmap PNG (mean cross-seed matrix per measure) and a JSON file with every matrix.
+Prints a table of accuracies, each with a 95% bootstrap interval (models redrawn; for
+ITDA Jaccard, the documents too: ``itda_lens.tools.compare.intervals``), the paper's
+whole-model Jaccard (atoms of every layer together), the Jaccard at matched depth beside
+its null, and writes a heatmap PNG (mean cross-seed matrix per measure) and a JSON file with every matrix.
 
 The ITDA settings (``--k``, ``--threshold``, ``--max-atoms``) were chosen on pilot
 models (seeds 0-3, 400 training steps); the default run uses other seeds
@@ -54,13 +56,22 @@ from itda_lens.tools.compare.comparison import (
     model_similarities,
 )
 from itda_lens.tools.compare.heatmap import similarity_heatmaps
-from itda_lens.tools.compare.layers import jaccard_matrix, matching_accuracy, ordered_pairs
+from itda_lens.tools.compare.intervals import accuracy_interval, document_counts
+from itda_lens.tools.compare.jaccard import atom_keys
+from itda_lens.tools.compare.layers import jaccard_matrix, ordered_pairs
 from itda_lens.tools.compare.model_layers import model_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus" / "wikitext-2" / "valid.txt"
 #: Activations kept per model for the baselines, at most (unless --record-fraction says otherwise).
 RECORD_BYTES = 256 * 2**20
+
+
+def record_fraction(build_tokens: int, layers: int, d_model: int, baseline_tokens: int) -> float:
+    """The share of the build tokens whose activations are kept: all while they fit in
+    :data:`RECORD_BYTES`, and at least twice the baselines' tokens."""
+    fits = RECORD_BYTES / (build_tokens * layers * d_model * 4)
+    return min(1.0, max(fits, 2 * baseline_tokens / build_tokens))
 
 
 def arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -89,6 +100,7 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     measures = p.add_argument_group("measures")
     measures.add_argument("--baseline-tokens", type=int, default=8192, help="tokens the baselines see (mutual kNN: 2048; RBF CKA: its 2048 subsample)")
     measures.add_argument("--measures", nargs="+", default=list(ALL_MEASURES), choices=list(ALL_MEASURES))
+    measures.add_argument("--draws", type=int, default=1000, help="bootstrap draws")
     measures.add_argument(
         "--record-fraction", type=float, default=None,
         help="share of the build tokens whose activations are kept for the baselines (default: all while they fit in 256 MiB per model)",
@@ -119,10 +131,9 @@ def main(argv: list[str] | None = None) -> dict:
     heldout = Sequences.from_documents(select_split(documents, "heldout"), tokenizer, args.seq_len)
     vocab = training_vocabulary(train, config.softmax_tokens)
     hooks = [f"blocks.{i}.hook_resid_post" for i in range(args.layers)]
-    record_fraction = args.record_fraction
-    if record_fraction is None:
-        fits = RECORD_BYTES / (args.build_tokens * args.layers * args.d_model * 4)
-        record_fraction = min(1.0, max(fits, 2 * args.baseline_tokens / args.build_tokens))
+    fraction = args.record_fraction
+    if fraction is None:
+        fraction = record_fraction(args.build_tokens, args.layers, args.d_model, args.baseline_tokens)
     print(f"corpus {args.text_file.name}: {int(train.mask.sum())} training tokens; {config}", flush=True)
     print(f"dictionaries: k={args.k}, threshold={args.threshold}, max_atoms={args.max_atoms}, up to {args.build_tokens} tokens ({args.build_split} documents)", flush=True)
 
@@ -136,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
         source = TransformerLensSource(bridge(model, tokenizer, name), hooks, model_name=name)
         batches = token_batches(select_split(documents, args.build_split), tokenizer, args.seq_len, 32, args.build_tokens)
         with torch.no_grad():
-            layers = model_layers(source, batches, name, BuildSettings(k=args.k, threshold=args.threshold, max_atoms=args.max_atoms), record_fraction=record_fraction, device=args.device)
+            layers = model_layers(source, batches, name, BuildSettings(k=args.k, threshold=args.threshold, max_atoms=args.max_atoms), record_fraction=fraction, device=args.device)
         models.append(layers)
         t2 = time.perf_counter()
         seconds["train"] += t1 - t0
@@ -163,26 +174,41 @@ def main(argv: list[str] | None = None) -> dict:
         # Identical but for the few characters a byte-level tokenizer splits into two tokens (one span).
         print(f"ITDA Jaccard by {other} instead of by {args.by}: largest difference {gap:.1e}")
 
-    rows = [(m, matching_accuracy(matrices[m], include_self=False), matching_accuracy(matrices[m], include_self=True)) for m in args.measures]
+    counts = {}
+    if JACCARD in args.measures:
+        docs = sorted({key[0] for m in models for d in m.dictionaries.values() for key in atom_keys(d, args.by)})
+        counts = {pair: document_counts(list(by_name[pair[0]].dictionaries.values()), list(by_name[pair[1]].dictionaries.values()), args.by, docs=docs) for pair in matrices[JACCARD]}
+
+    def interval(measure: str, include_self: bool):
+        if measure == JACCARD:
+            return accuracy_interval(counts=counts, include_self=include_self, draws=args.draws)
+        return accuracy_interval(matrices[measure], include_self=include_self, resample="models", draws=args.draws)
+
+    rows = [(m, interval(m, False), interval(m, True)) for m in args.measures]
     n = len(models)
-    print(f"\nlayer-matching accuracy: {n} seeds x {args.layers} layers; {n * (n - 1) * args.layers} cross-model decisions, {n * n * args.layers} with self-pairs")
-    print(f"{'measure':<14} {'cross-model':>12} {'with self-pairs':>16}")
+    print(f"\nlayer-matching accuracy [95% bootstrap interval]: {n} seeds x {args.layers} layers; {n * (n - 1) * args.layers} cross-model decisions, {n * n * args.layers} with self-pairs")
+    print("(ITDA Jaccard: models and documents redrawn; baselines: models redrawn)")
+    print(f"{'measure':<14} {'cross-model':>24} {'with self-pairs':>24}")
     for measure, cross, with_self in rows:
-        print(f"{measure:<14} {cross:>12.3f} {with_self:>16.3f}")
+        print(f"{measure:<14} {cross!s:>24} {with_self!s:>24}")
+    if JACCARD in args.measures:
+        unions = {name: set().union(*(atom_keys(d, args.by) for d in m.dictionaries.values())) for name, m in by_name.items()}
+        whole = [len(unions[a] & unions[b]) / len(unions[a] | unions[b]) for i, a in enumerate(names) for b in names[i + 1 :]]
+        print(f"\nwhole-model Jaccard (atoms of every layer together): mean {sum(whole) / len(whole):.3f}, range {min(whole):.3f}-{max(whole):.3f} over {len(whole)} pairs")
 
     mean = {m: torch.stack(list(ordered_pairs(matrices[m], include_self=False).values())).mean(0) for m in args.measures}
     if JACCARD in args.measures:
         null = torch.stack(list(ordered_pairs(nulls, include_self=False).values())).mean(0)
         print(f"\nITDA Jaccard at the same depth, mean over seed pairs, beside its null (random atoms of the same sizes, by {args.by}):")
         print("  " + "  ".join(f"L{i} {float(mean[JACCARD][i, i]):.3f}/{float(null[i, i]):.3f}" for i in range(args.layers)))
-    titles = {m: f"{m}: {cross:.2f} cross / {with_self:.2f} self" for m, cross, with_self in rows}
+    titles = {m: f"{m}: {cross.value:.2f} cross / {with_self.value:.2f} self" for m, cross, with_self in rows}
     heatmap = similarity_heatmaps(mean, args.out / "layer_matching.png", name_a="layer, seed a", name_b="layer, seed b", titles=titles)
     total = time.perf_counter() - start
     print(f"\ntime: training/loading {seconds['train']:.0f} s, dictionaries+activations {seconds['build']:.0f} s, measures {seconds['measures']:.0f} s; total {total:.0f} s")
     print(f"heatmap of the mean cross-seed matrices: {heatmap}")
     result = {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "accuracy": {m: {"cross_model": c, "with_self_pairs": s} for m, c, s in rows},
+        "accuracy": {m: {"cross_model": c.to_dict(), "with_self_pairs": s.to_dict()} for m, c, s in rows},
         "matrices": {m: {f"{a}|{b}": s.tolist() for (a, b), s in matrices[m].items()} for m in args.measures},
         "jaccard_null": {f"{a}|{b}": s.tolist() for (a, b), s in nulls.items()},
         "seconds": {**seconds, "total": total},

@@ -12,8 +12,13 @@ ids of the training text only (4096 cover 93% of WikiText's SmolLM2 tokens): the
 ids have their logits pinned at minus infinity and targets among them are not scored.
 Every token is still read. Embeddings are tied.
 
+Models may also use a tokenizer trained here (:func:`trained_tokenizer`, Hugging Face
+``tokenizers``: byte-level BPE or unigram, any vocabulary size), for the cross-tokenizer
+benchmark.
+
 A trained model is saved with ``save_pretrained`` under a folder named by a hash of its
-training settings and loaded from there on the next run.
+training settings and loaded from there on the next run; a trained tokenizer is saved
+as ``tokenizer.json`` the same way.
 """
 
 from __future__ import annotations
@@ -70,6 +75,47 @@ class Sequences:
         """A hash of the token ids and mask."""
         digest = hashlib.sha256(self.tokens.numpy().tobytes() + self.mask.numpy().tobytes())
         return digest.hexdigest()[:16]
+
+
+#: Algorithms :func:`train_tokenizer` knows.
+TOKENIZER_KINDS = ("bpe", "unigram")
+#: Special tokens of the tokenizers trained here: BOS (also EOS), padding, unknown.
+BOS, PAD, UNK = "<bos>", "<pad>", "<unk>"
+
+
+def train_tokenizer(documents: list[str], kind: str, vocab_size: int):
+    """A tokenizer trained on ``documents``: ``"bpe"``, byte-level BPE with the space
+    attached to the next word (as GPT-2's), or ``"unigram"``, a SentencePiece-style
+    unigram model over words marked by a leading ``▁``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if kind == "bpe":
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[BOS, PAD], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    elif kind == "unigram":
+        tokenizer = Tokenizer(models.Unigram())
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+        tokenizer.decoder = decoders.Metaspace()
+        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=[BOS, PAD, UNK], unk_token=UNK)
+    else:
+        raise ValueError(f"tokenizer kind must be one of {TOKENIZER_KINDS}, got {kind!r}.")
+    tokenizer.train_from_iterator(documents, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=BOS, eos_token=BOS, pad_token=PAD, unk_token=UNK)
+
+
+def trained_tokenizer(folder: str | Path, documents: list[str], kind: str, vocab_size: int):
+    """The tokenizer :func:`train_tokenizer` makes of these documents: loaded from
+    ``folder`` if it was trained before, else trained now and saved there."""
+    from transformers import PreTrainedTokenizerFast
+
+    digest = hashlib.sha256("\x00".join(documents).encode()).hexdigest()[:12]
+    target = Path(folder) / f"{kind}{vocab_size}-{digest}"
+    if not (target / "tokenizer.json").exists():
+        train_tokenizer(documents, kind, vocab_size).save_pretrained(target)
+    return PreTrainedTokenizerFast.from_pretrained(target)
 
 
 def make_model(config: TinyLMConfig, tokenizer, seed: int):

@@ -14,7 +14,7 @@ from itda_lens.core.config import BuildSettings
 from itda_lens.core.itda import ITDA
 from itda_lens.core.provenance import Provenance
 from itda_lens.core.text import file_documents, token_batches
-from itda_lens.tools.compare import atom_keys, expected_jaccard, jaccard, jaccard_report
+from itda_lens.tools.compare import atom_keys, expected_jaccard, jaccard, jaccard_report, matched_pairs
 
 # ----------------------------------------------------------------------------- fixtures
 
@@ -161,6 +161,90 @@ def test_unknown_provenance_is_a_clear_error():
         jaccard(itda, itda)
 
 
+# -------------------------------------------------------------- overlapping spans
+
+
+def spans(*keys) -> Provenance:
+    """A provenance of hand-made ``(doc, start, end)`` records."""
+    doc, start, end = (torch.tensor(c, dtype=torch.long) for c in zip(*keys))
+    return Provenance(doc, torch.arange(len(keys)), start, end, torch.zeros(len(keys), dtype=torch.long))
+
+
+# "representation" cut two ways: represent|ation (A) and repres|entation (B).
+CUT_A = spans((1, 0, 9), (1, 9, 14))
+CUT_B = spans((1, 0, 6), (1, 6, 14))
+
+
+def test_spans_match_when_overlap_over_union_reaches_the_threshold():
+    # represent/repres: 6 / 9 = 0.667; ation/entation: 5 / 8 = 0.625; across: 3 / 14, 0.
+    assert jaccard(CUT_A, CUT_B, trim_whitespace=False) == 0.0
+    assert jaccard(CUT_A, CUT_B, trim_whitespace=False, min_overlap=0.6) == 1.0
+    assert jaccard(CUT_A, CUT_B, trim_whitespace=False, min_overlap=0.65) == pytest.approx(1 / 3)
+    assert jaccard(CUT_A, CUT_B, trim_whitespace=False, min_overlap=0.7) == 0.0
+    assert sorted(matched_pairs(atom_keys(CUT_A), atom_keys(CUT_B), 0.65)) == [((1, 0, 9), (1, 0, 6))]
+
+
+def test_overlap_needs_the_same_document_and_an_exact_match_always_counts():
+    other_doc = spans((2, 0, 6), (2, 6, 14))
+    assert jaccard(CUT_A, other_doc, trim_whitespace=False, min_overlap=0.51) == 0.0
+    mixed = spans((1, 0, 9), (1, 9, 12), (1, 12, 14))
+    # (1, 0, 9) equal; (1, 9, 14) overlaps (1, 9, 12) by 3 / 5 and (1, 12, 14) by 2 / 5.
+    assert jaccard(CUT_A, mixed, trim_whitespace=False) == pytest.approx(1 / 4)
+    assert jaccard(CUT_A, mixed, trim_whitespace=False, min_overlap=0.6) == pytest.approx(2 / 3)
+
+
+def test_matching_is_one_to_one():
+    # Two halves of one span overlap it by exactly 1/2 each: below any allowed threshold.
+    assert jaccard(spans((1, 0, 4), (1, 4, 8)), spans((1, 0, 8)), trim_whitespace=False, min_overlap=0.51) == 0.0
+    # Overlapping spans in one dictionary: the span of B keeps only its best match.
+    a = spans((1, 0, 6), (1, 1, 7))
+    b = spans((1, 1, 6))
+    assert matched_pairs(atom_keys(a, trim_whitespace=False), atom_keys(b, trim_whitespace=False), 0.8) == [((1, 0, 6), (1, 1, 6))]
+    assert 0.0 <= jaccard(a, b, trim_whitespace=False, min_overlap=0.8) == pytest.approx(1 / 2)
+
+
+def test_exact_threshold_is_the_set_jaccard():
+    a = spans((1, 0, 3), (1, 4, 7), (2, 0, 5))
+    b = spans((1, 4, 7), (2, 0, 5), (2, 6, 9), (3, 0, 1), (1, 0, 2))
+    exact = jaccard(a, b, trim_whitespace=False)
+    assert exact == jaccard(a, b, trim_whitespace=False, min_overlap=1.0) == pytest.approx(2 / 6)
+    assert jaccard(a, b, trim_whitespace=False, min_overlap=0.6) == pytest.approx(3 / 5)
+
+
+def random_tokenization(length: int, generator: torch.Generator, doc: int = 5) -> list[tuple[int, int, int]]:
+    """A random cut of ``length`` characters into tokens of 1-6 characters."""
+    cuts, position = [], 0
+    while position < length:
+        size = int(torch.randint(1, 7, (), generator=generator))
+        cuts.append((doc, position, min(length, position + size)))
+        position += size
+    return cuts
+
+
+@pytest.mark.parametrize("min_overlap", [0.51, 0.6, 0.75, 0.9])
+def test_matching_agrees_with_a_brute_force_search(min_overlap):
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        a, b = set(random_tokenization(120, generator)), set(random_tokenization(120, generator))
+
+        def overlap(x, y):
+            inter = min(x[2], y[2]) - max(x[1], y[1])
+            return inter / (max(x[2], y[2]) - min(x[1], y[1]))
+
+        expected = {(x, y) for x in a for y in b if overlap(x, y) >= min_overlap}
+        found = matched_pairs(a, b, min_overlap)
+        assert set(found) == expected
+        assert len({x for x, _ in found}) == len({y for _, y in found}) == len(found)
+
+
+def test_min_overlap_outside_its_range_is_a_clear_error():
+    for bad in (0.5, 0.2, 1.5, True):
+        with pytest.raises(ValueError, match="min_overlap"):
+            jaccard(CUT_A, CUT_B, min_overlap=bad)
+    with pytest.raises(ValueError, match="by='span'"):
+        jaccard(CUT_A, CUT_B, by="token", min_overlap=0.8)
+
+
 # ----------------------------------------------------------------------------- null
 
 
@@ -211,3 +295,26 @@ def test_report_gives_the_null_from_the_build(documents, smollm2_tokenizer):
     assert report.null == pytest.approx(expected_jaccard(early.n_atoms, late.n_atoms, tokens))
     assert report.jaccard == jaccard(early, late)
     assert report.common == len(atom_keys(early) & atom_keys(late))
+
+
+def test_the_null_follows_the_overlap_rule_exactly():
+    # Two tokenizations of one text; each dictionary a random subset of its own tokens.
+    generator = torch.Generator().manual_seed(3)
+    tokens_a = random_tokenization(14, generator)
+    tokens_b = random_tokenization(14, generator)
+    min_overlap = 0.6
+    shared = len(matched_pairs(set(tokens_a), set(tokens_b), min_overlap))
+    assert 0 < shared < min(len(tokens_a), len(tokens_b))
+    size_a, size_b = 3, 2
+    total, count = 0.0, 0
+    for picked_a in itertools.combinations(tokens_a, size_a):
+        for picked_b in itertools.combinations(tokens_b, size_b):
+            total += jaccard(spans(*picked_a), spans(*picked_b), trim_whitespace=False, min_overlap=min_overlap)
+            count += 1
+    assert expected_jaccard(size_a, size_b, len(tokens_a), len(tokens_b), shared) == pytest.approx(total / count, abs=1e-12)
+
+
+def test_report_with_overlap_gives_its_matches_and_null():
+    report = jaccard_report(CUT_A, CUT_B, trim_whitespace=False, min_overlap=0.65, population_a=10, population_b=12, shared=7)
+    assert (report.jaccard, report.common, report.size_a, report.size_b) == (pytest.approx(1 / 3), 1, 2, 2)
+    assert report.null == pytest.approx(expected_jaccard(2, 2, 10, 12, 7))

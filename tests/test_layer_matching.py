@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from itda_lens.core.config import BuildSettings
+from itda_lens.core.itda import ITDA
+from itda_lens.core.provenance import Provenance
 from itda_lens.core.text import file_documents, token_batches
 from itda_lens.tools.compare import (
     ALL_MEASURES,
@@ -26,7 +28,8 @@ from itda_lens.tools.compare import (
     model_layers,
     model_similarities,
 )
-from itda_lens.tools.compare.layers import ordered_pairs
+from itda_lens.tools.compare.intervals import accuracy_interval, document_counts
+from itda_lens.tools.compare.layers import depth_targets, ordered_pairs
 from itda_lens.tools.compare.occurrences import shared_rows, trimmed_span
 
 # ------------------------------------------------------------------- matching by hand
@@ -57,11 +60,62 @@ def test_a_pair_given_both_ways_is_not_transposed():
     assert matching_accuracy({("a", "b"): S_AB, ("b", "a"): other}) == pytest.approx(5 / 6)
 
 
-def test_matching_needs_square_matrices_and_two_models():
-    with pytest.raises(ValueError, match="square"):
-        matching_accuracy({("a", "b"): torch.zeros(2, 3)})
+def test_matching_needs_two_models():
     with pytest.raises(ValueError, match="include_self"):
         matching_accuracy({("a", "a"): S_AA})
+
+
+def test_layers_of_two_depths_match_by_relative_depth():
+    # Layer i of n sits at i / (n - 1): 0, 1/3, 2/3, 1 against 0, 1/5, ..., 1.
+    assert depth_targets(4, 6).nonzero()[:, 1].tolist() == [0, 2, 3, 5]
+    assert depth_targets(6, 4).nonzero()[:, 1].tolist() == [0, 1, 1, 2, 2, 3]
+    assert torch.equal(depth_targets(5, 5), torch.eye(5, dtype=torch.bool))
+    # 3 layers against 5: layer 1 (1/2) is exactly layer 2 (2/4); 5 against 3: layer 1 (1/4) ties layers 0 and 1.
+    assert depth_targets(5, 3)[1].tolist() == [True, True, False]
+    s = torch.tensor([[0.9, 0.95, 0.0], [0.2, 0.1, 0.8]])  # 2 layers against 3: targets 0 and 2
+    assert matched(s).tolist() == [0.0, 1.0]
+    # S.T, 3 layers against 2: targets 0, either (1/2 lies halfway), 1; all three rows hit.
+    assert matched(s.T).tolist() == [1.0, 1.0, 1.0]
+    assert matching_accuracy({("a", "b"): s}) == pytest.approx(4 / 5)
+
+
+def test_matched_takes_a_batch_of_matrices():
+    batch = torch.stack([S_AB, S_AA])
+    assert matched(batch).tolist() == [matched(S_AB).tolist(), matched(S_AA).tolist()]
+
+
+# ------------------------------------------------------------------- bootstrap intervals
+
+
+def test_interval_of_fixed_matrices_redraws_models():
+    matrices = {("a", "b"): S_AB, ("a", "c"): torch.eye(3), ("b", "c"): torch.eye(3)}
+    found = accuracy_interval(matrices, resample="models", draws=400)
+    assert found.value == pytest.approx(matching_accuracy(matrices))
+    assert found.low <= found.value <= found.high and found.low < found.high
+    # One model per group: nothing to redraw, the interval is the value.
+    single = accuracy_interval(matrices, resample="models", groups={"a": "x", "b": "y", "c": "z"}, draws=50)
+    assert single.low == single.high == pytest.approx(single.value)
+    with pytest.raises(ValueError, match="counts"):
+        accuracy_interval(matrices, resample="both")
+
+
+def test_document_counts_give_the_jaccard_and_redraw_documents():
+    def dictionary(*keys):
+        doc, start, end = (torch.tensor(c, dtype=torch.long) for c in zip(*keys))
+        provenance = Provenance(doc, torch.arange(len(keys)), start, end, torch.zeros(len(keys), dtype=torch.long))
+        return ITDA.from_atoms(torch.randn(len(keys), 4), k=1, provenance=provenance)
+
+    a = [dictionary((1, 0, 2), (1, 3, 5), (2, 0, 4)), dictionary((2, 0, 4), (2, 5, 9))]
+    b = [dictionary((1, 0, 2), (2, 0, 3)), dictionary((2, 5, 9), (2, 0, 4), (1, 3, 4))]
+    counts = document_counts(a, b, min_overlap=0.7)
+    assert counts.docs == [1, 2]
+    assert torch.allclose(counts.jaccard()[0], jaccard_matrix(a, b, min_overlap=0.7))
+    assert counts.common[0, 0].tolist() == [1.0, 1.0]  # (1, 0, 2) equal; (2, 0, 4) ~ (2, 0, 3): 3 / 4
+    only_doc_2 = counts.jaccard(torch.tensor([[0.0], [1.0]], dtype=torch.float64))[0]
+    assert only_doc_2[1, 1] == pytest.approx(1.0) and only_doc_2[0, 0] == pytest.approx(1 / 1)
+    found = accuracy_interval(counts={("a", "b"): counts}, resample="documents", draws=200)
+    assert found.value == pytest.approx(matching_accuracy({("a", "b"): counts.jaccard()[0]}))
+    assert 0.0 <= found.low <= found.value <= found.high <= 1.0
 
 
 # ----------------------------------------------------------------- tiny models end to end
@@ -183,6 +237,20 @@ def test_compare_across_two_tokenizers(documents, smollm2_tokenizer, word_tokeni
     null = jaccard_null_matrix(smol, words)
     assert torch.all((null > 0) & (null < 0.5))
     assert max(max(row) for row in result["similarity"][JACCARD]) > 0
+    # Lined up by last character: more rows, each pair ending at the same character.
+    from itda_lens.tools.compare.comparison import shared_token_rows
+
+    ends_a, ends_b = shared_token_rows([smol, words], align="end")
+    assert len(ends_a) > len(rows_a)
+    assert torch.equal(smol.recorded[ends_a][:, [0, 3]], words.recorded[ends_b][:, [0, 3]])
+    # Overlapping spans match more atoms, and the null counts the same matches.
+    loose = compare_models(smol, words, measures=[JACCARD], min_overlap=0.6)
+    assert loose["shared_tokens"] > result["shared_tokens"]
+    assert torch.all(torch.tensor(loose["similarity"][JACCARD]) >= torch.tensor(result["similarity"][JACCARD]))
+    assert torch.all(torch.tensor(loose["jaccard_null"]) > null)
+    interval = loose["jaccard_interval"]
+    assert interval["low"] <= interval["value"] <= interval["high"]
+    assert interval["value"] == pytest.approx(loose["summary"][JACCARD]["matching_accuracy"])
 
 
 def test_span_trimming_of_occurrences():
@@ -246,6 +314,29 @@ def test_compare_command_on_two_model_folders(backend, smollm2_tokenizer, wikite
     assert list(result["similarity"]) == ["itda_jaccard", "linear_cka", "rbf_cka"]
     assert result["shared_tokens"] == 500 and result["baseline_tokens"] == 500
     assert (tmp_path / "out" / "similarity.png").exists()
+
+
+def test_compare_command_across_tokenizers_prints_matrix_and_interval(smollm2_tokenizer, word_tokenizer, wikitext, tmp_path, capsys):
+    from itda_lens.tools.compare.cli import run_compare
+
+    folders = []
+    for seed, (tokenizer, layers) in enumerate(((smollm2_tokenizer, 2), (word_tokenizer, 3))):
+        folder = tmp_path / f"model{seed}"
+        tiny_llama(tokenizer, seed, layers=layers).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        folders.append(str(folder))
+    args = compare_args(
+        "--model-a", folders[0], "--model-b", folders[1], "--text-file", str(wikitext), "--max-tokens", "500", "--seq-len", "64",
+        "--k", "4", "--measures", "itda_jaccard", "linear_cka", "--min-overlap", "0.6", "--align", "end", "--out", str(tmp_path / "out"), "--no-progress",
+    )
+    result = run_compare(args)
+    assert (len(result["hooks_a"]), len(result["hooks_b"])) == (2, 3)
+    assert result["min_overlap"] == 0.6 and result["align"] == "end" and result["baseline_tokens"] > 0
+    printed = capsys.readouterr().out
+    assert "overlap over union >= 0.6" in printed and "95% interval over documents" in printed
+    assert len(result["similarity"][JACCARD][0]) == 3 and f"{result['similarity'][JACCARD][1][2]:.3f}/" in printed
+    with pytest.raises(ValueError, match="min_overlap"):
+        run_compare(compare_args("--dictionaries-a", "x", "--dictionaries-b", "y", "--min-overlap", "0.4", "--out", str(tmp_path / "o")))
 
 
 def test_compare_command_rejects_mixed_inputs(tmp_path):

@@ -3,6 +3,7 @@
 - :mod:`~itda_lens.tools.compare.jaccard`: Jaccard of two dictionaries by provenance, and its null;
 - :mod:`~itda_lens.tools.compare.similarity`: baseline measures on activations (CKA, CCA, ...);
 - :mod:`~itda_lens.tools.compare.layers`: layer x layer Jaccard and layer-matching accuracy;
+- :mod:`~itda_lens.tools.compare.intervals`: bootstrap intervals of that accuracy;
 - :mod:`~itda_lens.tools.compare.model_layers`: a model's dictionaries and activations on a corpus;
 - :mod:`~itda_lens.tools.compare.comparison`: two models compared by every measure, as JSON;
 - :mod:`~itda_lens.tools.compare.heatmap`: the matrices as a PNG.
@@ -18,14 +19,16 @@ from itda_lens.tools.compare.comparison import (
     model_similarities,
 )
 from itda_lens.tools.compare.heatmap import similarity_heatmaps
+from itda_lens.tools.compare.intervals import DocumentCounts, Interval, accuracy_interval, document_counts
 from itda_lens.tools.compare.jaccard import (
     JaccardReport,
     atom_keys,
     expected_jaccard,
     jaccard,
     jaccard_report,
+    matched_pairs,
 )
-from itda_lens.tools.compare.layers import jaccard_matrix, matched, matching_accuracy
+from itda_lens.tools.compare.layers import depth_targets, jaccard_matrix, matched, matching_accuracy
 from itda_lens.tools.compare.model_layers import ModelLayers, model_layers
 from itda_lens.tools.compare.similarity import (
     MEASURES,
@@ -43,12 +46,17 @@ __all__ = [
     "ALL_MEASURES",
     "JACCARD",
     "MEASURES",
+    "DocumentCounts",
+    "Interval",
     "JaccardReport",
     "ModelLayers",
+    "accuracy_interval",
     "atom_keys",
     "compare_dictionaries",
     "compare_models",
     "debiased_cka",
+    "depth_targets",
+    "document_counts",
     "expected_jaccard",
     "jaccard",
     "jaccard_matrix",
@@ -57,6 +65,7 @@ __all__ = [
     "layer_similarities",
     "linear_cka",
     "matched",
+    "matched_pairs",
     "matching_accuracy",
     "model_layers",
     "model_similarities",

@@ -2,9 +2,13 @@
 
 With models, both are run on the same documents (each with its own tokenizer), one
 dictionary is built per hook of each, and ITDA Jaccard (atoms matched by document and
-character span, so the tokenizers may differ) is set beside the baseline measures on the
-token occurrences both share. With ``--dictionaries-a/-b`` only Jaccard is computed.
-``--out`` receives ``comparison.json`` and ``similarity.png``.
+character span, so the tokenizers may differ; with ``--min-overlap`` below 1, spans that
+overlap that much, for tokenizers that cut words differently) is set beside the baseline
+measures on the token occurrences both share (``--align end``: the tokens that end at the
+same character, e.g. the last token of each word). With ``--dictionaries-a/-b`` only
+Jaccard is computed. Prints the Jaccard matrix, each layer's best match, the share of
+layers matched to their relative depth with ITDA Jaccard's 95% interval over the
+documents. ``--out`` receives ``comparison.json`` and ``similarity.png``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``compare`` command to the ``itda-lens`` sub-commands."""
     from itda_lens.tools.compare.comparison import ALL_MEASURES
+    from itda_lens.tools.compare.jaccard import EXACT
     from itda_lens.tools.options import add_dictionary_args, add_run_args, add_text_args, fraction, positive_int
 
     parser = subparsers.add_parser("compare", help="compare two models (or two sets of dictionaries) layer by layer", description=__doc__)
@@ -39,6 +44,11 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     saved.add_argument("--dictionaries-b", type=Path)
     saved.add_argument("--shared-tokens", type=positive_int, default=None, help="tokens common to both builds, for the null when their token counts differ")
     parser.add_argument("--by", default="span", choices=["span", "token"], help="match atoms by character span (any tokenizers) or token index")
+    parser.add_argument(
+        "--min-overlap", type=float, default=EXACT,
+        help="atoms match when their spans' overlap over union reaches this, in (0.5, 1]; 1: equal spans (two tokenizers: try 0.6)",
+    )
+    models.add_argument("--align", default="span", choices=["span", "end"], help="baselines on tokens of equal spans, or on tokens that end at the same character")
     parser.add_argument("--out", type=Path, required=True, help="folder for comparison.json and similarity.png")
     add_text_args(parser, "all")
     add_run_args(parser)
@@ -49,6 +59,7 @@ def run_compare(args: argparse.Namespace) -> dict:
     """Run ``itda-lens compare``; returns the JSON-able comparison (also written to
     ``--out/comparison.json``)."""
     from itda_lens.tools.compare.comparison import compare_dictionaries, compare_models
+    from itda_lens.tools.compare.jaccard import check_min_overlap
     from itda_lens.tools.options import check_out_folder, text_documents
 
     with_models = args.model_a is not None or args.model_b is not None
@@ -59,6 +70,7 @@ def run_compare(args: argparse.Namespace) -> dict:
         raise ValueError("give both --dictionaries-a and --dictionaries-b.")
     if with_models and (args.model_a is None or args.model_b is None):
         raise ValueError("give both --model-a and --model-b.")
+    check_min_overlap(args.min_overlap, args.by)
     check_out_folder(args.out)
     heatmap = args.out / "similarity.png"
     if with_saved:
@@ -66,13 +78,15 @@ def run_compare(args: argparse.Namespace) -> dict:
         args.out.mkdir(exist_ok=True)
         result = compare_dictionaries(
             *dictionaries, by=args.by, shared_tokens=args.shared_tokens, heatmap=heatmap,
-            name_a=str(args.dictionaries_a), name_b=str(args.dictionaries_b),
+            name_a=str(args.dictionaries_a), name_b=str(args.dictionaries_b), min_overlap=args.min_overlap,
         )
     else:
         text_documents(args)  # the text can be read, before any model is loaded
         args.out.mkdir(exist_ok=True)
         layers = [_model_layers(args, name, hooks) for name, hooks in ((args.model_a, args.hook_a), (args.model_b, args.hook_b))]
-        result = compare_models(*layers, measures=args.measures, by=args.by, max_tokens=args.baseline_tokens, heatmap=heatmap)
+        result = compare_models(
+            *layers, measures=args.measures, by=args.by, max_tokens=args.baseline_tokens, heatmap=heatmap, min_overlap=args.min_overlap, align=args.align
+        )
     (args.out / "comparison.json").write_text(json.dumps(result, indent=1))
     _print_summary(result)
     return result
@@ -130,15 +144,23 @@ def _model_layers(args, name: str, hooks: list[str] | None):
 
 
 def _print_summary(result: dict) -> None:
-    print(f"{result['model_a']} vs {result['model_b']} (atoms matched by {result['by']})")
+    overlap = "equal spans" if result["min_overlap"] == 1.0 else f"overlap over union >= {result['min_overlap']}"
+    print(f"{result['model_a']} vs {result['model_b']} (atoms matched by {result['by']}" + (f", {overlap})" if result["by"] == "span" else ")"))
     if "shared_tokens" in result:
-        print(f"tokens: {result['tokens_a']} and {result['tokens_b']}, {result['shared_tokens']} shared; baselines on {result['baseline_tokens']}")
+        print(
+            f"tokens: {result['tokens_a']} and {result['tokens_b']}, {result['shared_tokens']} matching; "
+            f"baselines on {result['baseline_tokens']} (aligned by {result['align']})"
+        )
+    jaccard = result["similarity"]["itda_jaccard"] if "itda_jaccard" in result["similarity"] else None
+    if jaccard is not None:
+        print("ITDA Jaccard, rows: layers of A, columns: layers of B" + (" (/ null)" if "jaccard_null" in result else ""))
+        for i, row in enumerate(jaccard):
+            null = result.get("jaccard_null")
+            print(f"  {i:>3} " + " ".join(f"{v:.3f}" + (f"/{null[i][j]:.3f}" if null else "") for j, v in enumerate(row)))
     for measure, entry in result["summary"].items():
-        accuracy = f"  same-depth accuracy {entry['matching_accuracy']:.2f}" if "matching_accuracy" in entry else ""
-        print(f"{measure:>14}: best layer of B for each layer of A {entry['best_match_b']}{accuracy}")
-    if "jaccard_null" in result:
-        jaccard = result["similarity"]["itda_jaccard"]
-        diagonal = [f"{jaccard[i][i]:.3f}/{result['jaccard_null'][i][i]:.3f}" for i in range(min(len(jaccard), len(jaccard[0])))]
-        print(f"  Jaccard/null at equal index: {' '.join(diagonal)}")
+        print(f"{measure:>14}: best layer of B for each layer of A {entry['best_match_b']}; relative-depth accuracy {entry['matching_accuracy']:.2f}")
+    if "jaccard_interval" in result:
+        interval = result["jaccard_interval"]
+        print(f"ITDA Jaccard relative-depth accuracy {interval['value']:.3f}, 95% interval over documents [{interval['low']:.3f}, {interval['high']:.3f}]")
     if "heatmap" in result:
         print(f"heatmap: {result['heatmap']}")

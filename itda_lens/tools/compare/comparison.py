@@ -1,10 +1,13 @@
 """Comparing two models layer by layer: ITDA Jaccard, its null, and the baselines.
 
-Every measure sees the same tokens. ITDA Jaccard compares the dictionaries built on the
-corpus (atoms matched by provenance, :mod:`itda_lens.tools.compare.jaccard`). The baselines of
+Every measure sees the same text. ITDA Jaccard compares the dictionaries built on the
+corpus (atoms matched by provenance, :mod:`itda_lens.tools.compare.jaccard`, exactly or,
+with ``min_overlap < 1``, by overlapping spans). The baselines of
 :mod:`itda_lens.tools.compare.similarity` compare activations at the recorded occurrences that
-all the models compared share (same document and characters, whatever the tokenizers),
-subsampled to at most ``max_tokens`` rows (a seeded draw; a measure given a smaller budget
+all the models compared share, lined up by ``align``
+(:mod:`itda_lens.tools.compare.occurrences`): the same document and characters
+(``"span"``), or the same document and last character (``"end"``: across tokenizers, the
+last token of each word), subsampled to at most ``max_tokens`` rows (a seeded draw; a measure given a smaller budget
 in ``measure_tokens`` uses the first rows of that same draw). RBF CKA further uses its
 own documented subsample (2048 rows); its centred kernels are computed once per layer.
 """
@@ -21,10 +24,11 @@ from torch import Tensor
 from itda_lens.core.itda import ITDA
 from itda_lens.tools.compare import similarity as _sim
 from itda_lens.tools.compare.heatmap import similarity_heatmaps
-from itda_lens.tools.compare.jaccard import KeyMode, atom_keys, built_tokens, expected_jaccard
+from itda_lens.tools.compare.intervals import accuracy_interval, document_counts
+from itda_lens.tools.compare.jaccard import EXACT, KeyMode, atom_keys, built_tokens, check_min_overlap, expected_jaccard, matched_pairs
 from itda_lens.tools.compare.layers import jaccard_matrix, matched
 from itda_lens.tools.compare.model_layers import ModelLayers
-from itda_lens.tools.compare.occurrences import occurrence_keys
+from itda_lens.tools.compare.occurrences import Align, occurrence_keys
 from itda_lens.tools.compare.similarity import MEASURES, similarity_matrix
 
 #: The name of the dictionary measure beside the baselines of ``MEASURES``.
@@ -41,15 +45,17 @@ def _check_measures(measures: Sequence[str]) -> list[str]:
     return list(measures)
 
 
-def shared_token_rows(models: Sequence[ModelLayers], max_tokens: int | None = None, seed: int = 0) -> list[Int[Tensor, " n"]]:
+def shared_token_rows(models: Sequence[ModelLayers], max_tokens: int | None = None, seed: int = 0, align: Align = "span") -> list[Int[Tensor, " n"]]:
     """For each model, the recorded rows of the occurrences that every model recorded
-    (same document and characters), in one order: a seeded random draw of at most
-    ``max_tokens``."""
+    (lined up by ``align``; a key recorded twice stands for its last row), in one order:
+    a seeded random draw of at most ``max_tokens``."""
     if not models:
         raise ValueError("give at least one model.")
-    common = set(occurrence_keys(models[0].recorded))
+    if align not in ("span", "end"):
+        raise ValueError(f"align must be 'span' or 'end', got {align!r}.")
+    common = set(occurrence_keys(models[0].recorded, align))
     for other in models[1:]:
-        common &= set(occurrence_keys(other.recorded))
+        common &= set(occurrence_keys(other.recorded, align))
     if not common:
         names = ", ".join(m.name for m in models)
         raise ValueError(
@@ -63,10 +69,8 @@ def shared_token_rows(models: Sequence[ModelLayers], max_tokens: int | None = No
     chosen = [order[i] for i in draw.tolist()]
     rows = []
     for model in models:
-        first: dict[tuple[int, int, int], int] = {}
-        for row, key in enumerate(occurrence_keys(model.recorded)):
-            first.setdefault(key, row)
-        rows.append(torch.tensor([first[key] for key in chosen], dtype=torch.long))
+        last = {key: row for row, key in enumerate(occurrence_keys(model.recorded, align))}
+        rows.append(torch.tensor([last[key] for key in chosen], dtype=torch.long))
     return rows
 
 
@@ -106,11 +110,14 @@ def model_similarities(
     measure_tokens: Mapping[str, int] | None = None,
     include_self: bool = True,
     seed: int = 0,
+    min_overlap: float = EXACT,
+    align: Align = "span",
 ) -> dict[str, dict[tuple[str, str], Float[Tensor, "layers_a layers_b"]]]:
     """Layer x layer matrices of every pair of ``models`` (``(a, b)`` with ``a`` before
     ``b``, and ``(a, a)`` with ``include_self``) by every measure. The baselines see the
     same occurrences for every model (:func:`shared_token_rows`)."""
     measures = _check_measures(measures)
+    check_min_overlap(min_overlap, by)
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise ValueError(f"models need distinct names, got {names}.")
@@ -118,10 +125,10 @@ def model_similarities(
     by_name = dict(zip(names, models))
     out: dict[str, dict[tuple[str, str], Tensor]] = {}
     if JACCARD in measures:
-        out[JACCARD] = {(a, b): jaccard_matrix(by_name[a].dictionaries, by_name[b].dictionaries, by=by) for a, b in pairs}
+        out[JACCARD] = {(a, b): jaccard_matrix(by_name[a].dictionaries, by_name[b].dictionaries, by=by, min_overlap=min_overlap) for a, b in pairs}
     baselines = [m for m in measures if m != JACCARD]
     if baselines:
-        rows = dict(zip(names, shared_token_rows(models, max_tokens, seed)))
+        rows = dict(zip(names, shared_token_rows(models, max_tokens, seed, align)))
         budgets = {**MEASURE_TOKENS, **(measure_tokens or {})}
         for measure in baselines:
             activations = {
@@ -142,28 +149,32 @@ def layer_similarities(
     max_tokens: int | None = 8192,
     measure_tokens: Mapping[str, int] | None = None,
     seed: int = 0,
+    min_overlap: float = EXACT,
+    align: Align = "span",
 ) -> dict[str, Float[Tensor, "layers_a layers_b"]]:
     """One layer x layer matrix per measure, rows for ``a``'s hooks, columns for ``b``'s
     (``a`` may be ``b``)."""
     if a is b:
-        found = model_similarities([a], measures, by, max_tokens, measure_tokens, include_self=True, seed=seed)
+        found = model_similarities([a], measures, by, max_tokens, measure_tokens, include_self=True, seed=seed, min_overlap=min_overlap, align=align)
         return {m: pairs[(a.name, a.name)] for m, pairs in found.items()}
     if a.name == b.name:
         raise ValueError(f"two different models are both named {a.name!r}; give them distinct names.")
-    found = model_similarities([a, b], measures, by, max_tokens, measure_tokens, include_self=False, seed=seed)
+    found = model_similarities([a, b], measures, by, max_tokens, measure_tokens, include_self=False, seed=seed, min_overlap=min_overlap, align=align)
     return {m: pairs[(a.name, b.name)] for m, pairs in found.items()}
 
 
-def shared_occurrences(a: ModelLayers, b: ModelLayers, by: KeyMode = "span") -> tuple[int, int, int]:
-    """Distinct token occurrences each model built from, and those common to both."""
+def shared_occurrences(a: ModelLayers, b: ModelLayers, by: KeyMode = "span", min_overlap: float = EXACT) -> tuple[int, int, int]:
+    """Distinct token occurrences each model built from, and the pairs of them that match
+    by the atoms' rule (:func:`~itda_lens.tools.compare.jaccard.matched_pairs`)."""
     keys_a, keys_b = set(occurrence_keys(a.occurrences, by)), set(occurrence_keys(b.occurrences, by))
-    return len(keys_a), len(keys_b), len(keys_a & keys_b)
+    return len(keys_a), len(keys_b), len(matched_pairs(keys_a, keys_b, check_min_overlap(min_overlap, by)))
 
 
-def jaccard_null_matrix(a: ModelLayers, b: ModelLayers, by: KeyMode = "span") -> Float[Tensor, "layers_a layers_b"]:
+def jaccard_null_matrix(a: ModelLayers, b: ModelLayers, by: KeyMode = "span", min_overlap: float = EXACT) -> Float[Tensor, "layers_a layers_b"]:
     """The expected Jaccard of random atom sets of each pair of dictionaries' sizes, drawn
-    from the occurrences each model was built from (:func:`expected_jaccard`)."""
-    population_a, population_b, shared = shared_occurrences(a, b, by)
+    from the occurrences each model was built from, matched by the same rule
+    (:func:`expected_jaccard`)."""
+    population_a, population_b, shared = shared_occurrences(a, b, by, min_overlap)
     sizes_a = [len(atom_keys(d, by)) for d in a.dictionaries.values()]
     sizes_b = [len(atom_keys(d, by)) for d in b.dictionaries.values()]
     out = torch.empty(len(sizes_a), len(sizes_b), dtype=torch.float64)
@@ -181,14 +192,14 @@ def _rows(matrix: Tensor) -> list[list[float]]:
 
 
 def _summary(similarity: Mapping[str, Tensor]) -> dict[str, dict]:
-    """Per measure: the most similar layer of B for each layer of A and, for models of one
-    depth, the share of layers matched to their own depth in both directions."""
+    """Per measure: the most similar layer of B for each layer of A and the share of
+    layers matched to their relative depth in both directions."""
     out = {}
     for measure, s in similarity.items():
-        entry: dict = {"best_match_b": torch.nan_to_num(s, nan=-torch.inf).argmax(1).tolist()}
-        if s.shape[0] == s.shape[1]:
-            entry["matching_accuracy"] = float(torch.cat([matched(s), matched(s.T)]).mean())
-        out[measure] = entry
+        out[measure] = {
+            "best_match_b": torch.nan_to_num(s, nan=-torch.inf).argmax(1).tolist(),
+            "matching_accuracy": float(torch.cat([matched(s), matched(s.T)]).mean()),
+        }
     return out
 
 
@@ -200,31 +211,45 @@ def compare_models(
     max_tokens: int | None = 8192,
     measure_tokens: Mapping[str, int] | None = None,
     heatmap: str | Path | None = None,
+    min_overlap: float = EXACT,
+    align: Align = "span",
 ) -> dict:
     """Layer x layer similarity of two models by every measure, the Jaccard null, per-measure
-    best matches, and (with ``heatmap``) a PNG of the matrices. JSON-able."""
-    similarity = layer_similarities(a, b, measures, by, max_tokens, measure_tokens)
-    population_a, population_b, shared = shared_occurrences(a, b, by)
+    best matches, the interval of ITDA Jaccard's matching accuracy
+    (:func:`jaccard_interval`) and (with ``heatmap``) a PNG of the matrices. JSON-able."""
+    similarity = layer_similarities(a, b, measures, by, max_tokens, measure_tokens, min_overlap=min_overlap, align=align)
+    population_a, population_b, shared = shared_occurrences(a, b, by, min_overlap)
     result = {
         "model_a": a.name,
         "model_b": b.name,
         "hooks_a": a.hooks,
         "hooks_b": b.hooks,
         "by": by,
+        "min_overlap": min_overlap,
+        "align": align,
         "tokens_a": population_a,
         "tokens_b": population_b,
         "shared_tokens": shared,
-        "baseline_tokens": len(shared_token_rows([a, b], max_tokens)[0]) if set(measures) - {JACCARD} else 0,
+        "baseline_tokens": len(shared_token_rows([a, b], max_tokens, align=align)[0]) if set(measures) - {JACCARD} else 0,
         "n_atoms_a": [d.n_atoms for d in a.dictionaries.values()],
         "n_atoms_b": [d.n_atoms for d in b.dictionaries.values()],
         "similarity": {m: _rows(s) for m, s in similarity.items()},
         "summary": _summary(similarity),
     }
     if JACCARD in similarity:
-        result["jaccard_null"] = _rows(jaccard_null_matrix(a, b, by))
+        result["jaccard_null"] = _rows(jaccard_null_matrix(a, b, by, min_overlap))
+        result["jaccard_interval"] = jaccard_interval(a.dictionaries, b.dictionaries, by, min_overlap)
     if heatmap is not None:
         result["heatmap"] = str(similarity_heatmaps(similarity, heatmap, _short(a.hooks), _short(b.hooks), a.name, b.name))
     return result
+
+
+def jaccard_interval(dictionaries_a: Mapping[str, ITDA], dictionaries_b: Mapping[str, ITDA], by: KeyMode = "span", min_overlap: float = EXACT) -> dict[str, float]:
+    """ITDA Jaccard's layer-matching accuracy between two models (both directions, layers
+    matched by relative depth) with its 95% interval over the documents, redrawn
+    (:func:`~itda_lens.tools.compare.intervals.accuracy_interval`)."""
+    counts = document_counts(list(dictionaries_a.values()), list(dictionaries_b.values()), by, min_overlap)
+    return accuracy_interval(counts={("a", "b"): counts}, resample="documents").to_dict()
 
 
 def compare_dictionaries(
@@ -235,20 +260,25 @@ def compare_dictionaries(
     heatmap: str | Path | None = None,
     name_a: str = "A",
     name_b: str = "B",
+    min_overlap: float = EXACT,
 ) -> dict:
-    """ITDA Jaccard of two sets of saved dictionaries (no model needed), with its null
-    when the build token counts are recorded and equal (or ``shared_tokens`` is given)."""
-    similarity = jaccard_matrix(dictionaries_a, dictionaries_b, by=by)
+    """ITDA Jaccard of two sets of saved dictionaries (no model needed) with the interval
+    of its matching accuracy, and its null when the build token counts are recorded and
+    equal (or ``shared_tokens`` is given: with ``min_overlap < 1``, the built-from tokens
+    of the two that match by that rule)."""
+    similarity = jaccard_matrix(dictionaries_a, dictionaries_b, by=by, min_overlap=min_overlap)
     result: dict = {
         "model_a": name_a,
         "model_b": name_b,
         "hooks_a": list(dictionaries_a),
         "hooks_b": list(dictionaries_b),
         "by": by,
+        "min_overlap": min_overlap,
         "n_atoms_a": [d.n_atoms for d in dictionaries_a.values()],
         "n_atoms_b": [d.n_atoms for d in dictionaries_b.values()],
         "similarity": {JACCARD: _rows(similarity)},
         "summary": _summary({JACCARD: similarity}),
+        "jaccard_interval": jaccard_interval(dictionaries_a, dictionaries_b, by, min_overlap),
     }
     populations_a = {built_tokens(d) for d in dictionaries_a.values()}
     populations_b = {built_tokens(d) for d in dictionaries_b.values()}

@@ -12,13 +12,27 @@ occurrence when they come from the same document (content hash) and
 - ``by="token"``: sit at the same token index of the document, as in the ITDA paper
   (meaningful only when both models tokenise the same way).
 
+**Overlapping spans** (``by="span"`` with ``min_overlap < 1``, for two tokenizers that
+cut words differently): atoms ``a`` and ``b`` of one document also match when their
+spans' overlap over union, ``|a & b| / |a | b|`` in characters, is at least
+``min_overlap``, which must lie in (1/2, 1]. Identical spans always match. Above one
+half, a span overlaps that much with at most one span of a tokenisation (the two
+overlaps would need more than all its characters), so the matching is one-to-one and
+the Jaccard stays in [0, 1]: ``J = m / (|A| + |B| - m)`` with ``m`` matched pairs.
+Should one dictionary hold overlapping spans (not one tokenisation), each atom of the
+other keeps its best match (largest overlap, then first in order).
+``min_overlap=1`` (the default) is exact span equality.
+
 A dictionary read from the reference implementation's files keys its atoms by the
 reference's sequence index instead of a document hash (``config.build["doc"]``); keys of
 the two kinds never match, so comparing such dictionaries with each other is an error.
 
 ``J(A, B) = |A & B| / |A | B|``. Its null, :func:`expected_jaccard`, is the Jaccard
 expected when each dictionary's atoms are replaced by as many token occurrences drawn
-uniformly without replacement from the tokens it was built from.
+uniformly without replacement from the tokens it was built from; with two tokenizers,
+``shared`` is the number of those occurrences that match each other by the same rule
+(:func:`matched_pairs` on the two token populations), which keeps the null exact
+because the rule pairs occurrences one-to-one.
 """
 
 from __future__ import annotations
@@ -39,6 +53,9 @@ HasProvenance = ITDA | Provenance
 
 #: What ``provenance.doc`` holds in a dictionary built by itda-lens.
 DOCUMENT_HASH = "document hash"
+
+#: The default ``min_overlap``: spans match only when equal.
+EXACT = 1.0
 
 #: Probability below which a value of the shared-atoms count is left out of the null.
 _NEGLIGIBLE = 1e-18
@@ -107,11 +124,63 @@ def atom_keys(value: HasProvenance, by: KeyMode = "span", trim_whitespace: bool 
     return keys
 
 
-def jaccard(a: HasProvenance, b: HasProvenance, by: KeyMode = "span", trim_whitespace: bool = True) -> float:
-    """``|A & B| / |A | B|`` of the two dictionaries' atom occurrences."""
+def check_min_overlap(min_overlap: float, by: KeyMode = "span") -> float:
+    """Refuse an overlap threshold outside (1/2, 1], or below 1 with ``by="token"``."""
+    if isinstance(min_overlap, bool) or not isinstance(min_overlap, (int, float)) or not 0.5 < min_overlap <= 1.0:
+        raise ValueError(f"min_overlap must lie in (0.5, 1] (above one half the matching is one-to-one), got {min_overlap!r}.")
+    if by == "token" and min_overlap < 1.0:
+        raise ValueError("min_overlap below 1 needs by='span' (token indices have no overlap).")
+    return float(min_overlap)
+
+
+Key = tuple[int, int, int]
+
+
+def matched_pairs(keys_a: set[Key], keys_b: set[Key], min_overlap: float = EXACT) -> list[tuple[Key, Key]]:
+    """The one-to-one pairs of span keys ``(doc, start, end)`` that match (see the module
+    doc): equal keys, then, below ``min_overlap=1``, the span of ``b`` that holds the
+    midpoint of ``a``'s (the only one that can overlap it by more than half) when their
+    overlap over union reaches ``min_overlap``."""
+    check_min_overlap(min_overlap)
+    pairs = [(key, key) for key in keys_a & keys_b]
+    if min_overlap == 1.0:
+        return pairs
+    rest_a = sorted(keys_a - keys_b)
+    rest_b = sorted(keys_b - keys_a)
+    if not rest_a or not rest_b:
+        return pairs
+    a, b = torch.tensor(rest_a, dtype=torch.long), torch.tensor(rest_b, dtype=torch.long)
+    _, rank = torch.unique(torch.cat([a[:, 0], b[:, 0]]), return_inverse=True)
+    rank_a, rank_b = rank[: len(a)] << 34, rank[len(a) :] << 34
+    # Doubled character positions, so that a midpoint is an integer.
+    starts_b = rank_b + 2 * b[:, 1]
+    order = starts_b.argsort()
+    midpoint = rank_a + a[:, 1] + a[:, 2]
+    candidate = order[(torch.searchsorted(starts_b[order], midpoint) - 1).clamp_min(0)]
+    holds = (rank_b[candidate] == rank_a) & (starts_b[candidate] < midpoint) & (midpoint < rank_a + 2 * b[candidate, 2])
+    inter = torch.minimum(a[:, 2], b[candidate, 2]) - torch.maximum(a[:, 1], b[candidate, 1])
+    union = torch.maximum(a[:, 2], b[candidate, 2]) - torch.minimum(a[:, 1], b[candidate, 1])
+    overlap = inter / union.clamp_min(1)
+    good = torch.nonzero(holds & (overlap >= min_overlap))[:, 0]
+    # One atom of A per atom of B: the largest overlap, then the first in order.
+    best = sorted(good.tolist(), key=lambda i: (int(candidate[i]), -float(overlap[i]), i))
+    seen: set[int] = set()
+    for i in best:
+        j = int(candidate[i])
+        if j not in seen:
+            seen.add(j)
+            pairs.append((rest_a[i], rest_b[j]))
+    return pairs
+
+
+def jaccard(a: HasProvenance, b: HasProvenance, by: KeyMode = "span", trim_whitespace: bool = True, min_overlap: float = EXACT) -> float:
+    """``m / (|A| + |B| - m)`` with ``m`` the matched pairs of the two dictionaries' atom
+    occurrences (``|A & B| / |A | B|`` with ``min_overlap=1``)."""
     check_same_doc_kind([a, b])
+    check_min_overlap(min_overlap, by)
     keys_a, keys_b = atom_keys(a, by, trim_whitespace), atom_keys(b, by, trim_whitespace)
-    return len(keys_a & keys_b) / len(keys_a | keys_b)
+    common = len(matched_pairs(keys_a, keys_b, min_overlap))
+    return common / (len(keys_a) + len(keys_b) - common)
 
 
 def _log_choose(n: Tensor, k: Tensor) -> Tensor:
@@ -216,22 +285,25 @@ def jaccard_report(
     population_a: int | None = None,
     population_b: int | None = None,
     shared: int | None = None,
+    min_overlap: float = EXACT,
 ) -> JaccardReport:
     """Jaccard, the number of common atoms and the null :func:`expected_jaccard`.
 
     The populations default to the token counts the dictionaries record from their build
     (``config.build["tokens"]``); the null is ``None`` when they are unknown, or when they
-    differ and ``shared`` is not given.
+    differ and ``shared`` is not given (count it with :func:`matched_pairs` on the two
+    token populations and the same ``min_overlap``).
     """
     check_same_doc_kind([a, b])
+    check_min_overlap(min_overlap, by)
     keys_a, keys_b = atom_keys(a, by, trim_whitespace), atom_keys(b, by, trim_whitespace)
-    common = len(keys_a & keys_b)
+    common = len(matched_pairs(keys_a, keys_b, min_overlap))
     population_a = population_a if population_a is not None else built_tokens(a)
     population_b = population_b if population_b is not None else built_tokens(b)
     null = None
     if population_a is not None and population_b is not None and (population_a == population_b or shared is not None):
         null = expected_jaccard(len(keys_a), len(keys_b), population_a, population_b, shared)
-    return JaccardReport(common / len(keys_a | keys_b), null, common, len(keys_a), len(keys_b))
+    return JaccardReport(common / (len(keys_a) + len(keys_b) - common), null, common, len(keys_a), len(keys_b))
 
 
 def built_tokens(value: HasProvenance) -> int | None:

@@ -1,9 +1,11 @@
 """Layer x layer similarity of models, and how well it matches layers to their depth.
 
 A similarity matrix ``S`` of models ``a`` and ``b`` holds ``S[i, j]``, the similarity of
-layer ``i`` of ``a`` and layer ``j`` of ``b``. For models of one architecture, layer ``i``
-of ``a`` is *matched* when ``S[i, i]`` is the largest entry of row ``i`` (a tie shares
-the credit: ``1 / (number of tied maxima)``; NaN never wins).
+layer ``i`` of ``a`` and layer ``j`` of ``b``. Layer ``i`` of ``a`` is *matched* when the
+largest entry of row ``i`` is at the layer of ``b`` at the nearest relative depth
+(:func:`depth_targets`: layer ``i`` of ``n`` sits at ``i / (n - 1)``, so the first layers
+correspond, and the last). For models of one depth that is ``S[i, i]``. A tie shares the
+credit: the share of the tied maxima that are targets; NaN never wins.
 
 :func:`matching_accuracy` averages that over every layer of every ordered pair of models:
 - ``include_self=False``: pairs of different models only, the protocol of Kornblith et
@@ -18,11 +20,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from itda_lens.core.itda import ITDA
-from itda_lens.tools.compare.jaccard import KeyMode, atom_keys, check_same_doc_kind
+from itda_lens.tools.compare.jaccard import EXACT, KeyMode, atom_keys, check_min_overlap, check_same_doc_kind, matched_pairs
 
 PairKey = tuple[str, str]
 
@@ -32,17 +34,20 @@ def jaccard_matrix(
     dictionaries_b: Mapping[str, ITDA] | Sequence[ITDA],
     by: KeyMode = "span",
     trim_whitespace: bool = True,
+    min_overlap: float = EXACT,
 ) -> Float[Tensor, "layers_a layers_b"]:
     """Jaccard of every dictionary of ``a`` with every dictionary of ``b`` (float64, in
     the order given)."""
     values_a, values_b = _values(dictionaries_a), _values(dictionaries_b)
     check_same_doc_kind(values_a + values_b)
+    check_min_overlap(min_overlap, by)
     keys_a = [atom_keys(d, by, trim_whitespace) for d in values_a]
     keys_b = [atom_keys(d, by, trim_whitespace) for d in values_b]
     out = torch.empty(len(keys_a), len(keys_b), dtype=torch.float64)
     for i, ka in enumerate(keys_a):
         for j, kb in enumerate(keys_b):
-            out[i, j] = len(ka & kb) / len(ka | kb)
+            common = len(matched_pairs(ka, kb, min_overlap))
+            out[i, j] = common / (len(ka) + len(kb) - common)
     return out
 
 
@@ -53,18 +58,28 @@ def _values(dictionaries):
     return values
 
 
-def matched(similarity: Float[Tensor, "layers layers"]) -> Float[Tensor, " layers"]:
-    """Per row ``i``: 1 if ``S[i, i]`` is the unique row maximum, ``1/t`` if it ties with
-    ``t - 1`` others, 0 otherwise (NaN entries never win)."""
-    if similarity.dim() != 2 or similarity.shape[0] != similarity.shape[1]:
-        raise ValueError(
-            f"layer matching needs a square matrix (models of one depth), got shape {tuple(similarity.shape)}."
-        )
+def depth_targets(layers_a: int, layers_b: int) -> Bool[Tensor, "layers_a layers_b"]:
+    """``True`` at the layers of ``b`` nearest in relative depth to each layer of ``a``
+    (layer ``i`` of ``n`` at ``i / (n - 1)``; a single layer at 0). Several only on an
+    exact tie; the identity when the depths are equal."""
+    if layers_a < 1 or layers_b < 1:
+        raise ValueError(f"models need at least one layer, got {layers_a} and {layers_b}.")
+    # |i / (n_a - 1) - j / (n_b - 1)| times (n_a - 1)(n_b - 1): integers, so ties are exact.
+    gap = (torch.arange(layers_a)[:, None] * max(layers_b - 1, 1) - torch.arange(layers_b)[None, :] * max(layers_a - 1, 1)).abs()
+    return gap == gap.min(dim=1, keepdim=True).values
+
+
+def matched(similarity: Float[Tensor, "*batch layers_a layers_b"]) -> Float[Tensor, "*batch layers_a"]:
+    """Per row ``i``: the share of the row's maxima that lie at the nearest relative depth
+    (:func:`depth_targets`): 1 if the unique maximum does, 0 if it lies elsewhere (NaN
+    entries never win). Leading dimensions are a batch of matrices."""
+    if similarity.dim() < 2:
+        raise ValueError(f"layer matching needs a matrix, got shape {tuple(similarity.shape)}.")
     s = torch.nan_to_num(similarity.double(), nan=-torch.inf)
-    best = s.max(dim=1, keepdim=True).values
+    best = s.max(dim=-1, keepdim=True).values
     ties = (s == best) & torch.isfinite(best)
-    diagonal = ties.diagonal()
-    return torch.where(diagonal, 1.0 / ties.sum(1).clamp_min(1), torch.zeros_like(best[:, 0]))
+    targets = depth_targets(*s.shape[-2:]).to(s.device)
+    return (ties & targets).sum(-1) / ties.sum(-1).clamp_min(1)
 
 
 def ordered_pairs(matrices: Mapping[PairKey, Tensor], include_self: bool) -> dict[PairKey, Tensor]:

@@ -3,8 +3,9 @@
 :func:`model_layers` runs the normal build (:func:`itda_lens.core.build.build`, one forward
 pass per batch for all hooks) and, in the same pass, keeps the activations of a
 deterministic subset of the token occurrences for the baseline measures. The subset is
-chosen by a hash of each occurrence's document and character span, so two models, even
-with different tokenizers, keep the same occurrences wherever their tokens coincide.
+chosen by a hash of each occurrence's document and last character, so two models, even
+with different tokenizers, keep the same occurrences wherever their tokens end at the
+same place (which includes every token they share).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from itda_lens.core.build import build
 from itda_lens.core.config import DEFAULT_BUILD, BuildSettings
 from itda_lens.core.itda import ITDA
 from itda_lens.core.text import TokenBatch
-from itda_lens.tools.compare.occurrences import DOC, END, START, batch_occurrences
+from itda_lens.tools.compare.occurrences import DOC, END, batch_occurrences
 
 _HASH_RANGE = float(1 << 61)
 
@@ -48,11 +49,11 @@ class ModelLayers:
 
 
 def kept(occurrences: Int[Tensor, "n 4"], fraction: float) -> Int[Tensor, " m"]:
-    """Rows whose ``(doc, start, end)`` hashes below ``fraction``: the same occurrences
-    for every model and tokenizer."""
+    """Rows whose ``(doc, end)`` hashes below ``fraction``: the same occurrences for
+    every model and tokenizer."""
     if fraction >= 1.0:
         return torch.arange(len(occurrences))
-    spans = occurrences[:, [DOC, START, END]].tolist()
+    spans = occurrences[:, [DOC, END]].tolist()
     keep = [row for row, span in enumerate(spans) if (hash(tuple(span)) & ((1 << 61) - 1)) / _HASH_RANGE < fraction]
     return torch.tensor(keep, dtype=torch.long)
 

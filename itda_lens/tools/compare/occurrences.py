@@ -5,15 +5,33 @@ across tokenizers. An occurrence is ``(doc, token_index, start, end)``: the docu
 content hash, the token's index in that model's tokenisation, and its character span
 shrunk to its non-space characters (a span of whitespace only is kept as it is), the
 rule :func:`itda_lens.tools.compare.jaccard.atom_keys` uses.
+
+Measures that compare activations row by row need one row per occurrence in every
+model. Two ways to line the rows up (``align``):
+
+- ``"span"``: the occurrences whose spans are equal in every model (for one tokenizer,
+  every token; across tokenizers, the words both cut the same way);
+- ``"end"``: the occurrences that *end* at the same character, one row per character
+  where every tokenizer puts a token boundary: the token that ends there is the last
+  one to read the text up to it (for tokenizers that cut at spaces, the last token of
+  each word, whatever the pieces before it).
+
+A key seen twice in one model (a character split into two byte tokens) stands for its
+last row, the token that has read the most.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
 from itda_lens.core.text import TokenBatch
+
+#: How the baselines' rows are lined up across models (see the module doc).
+Align = Literal["span", "end"]
 
 #: Columns of an occurrence table.
 DOC, TOKEN_INDEX, START, END = range(4)
@@ -40,13 +58,17 @@ def batch_occurrences(batch: TokenBatch, positions: Int[Tensor, " n"]) -> Int[Te
 
 def occurrence_keys(occurrences: Int[Tensor, "n 4"], by: str = "span") -> list[tuple[int, int, int]]:
     """Hashable keys in the order of the rows: ``(doc, start, end)`` for ``by="span"``,
-    ``(doc, token_index, 0)`` for ``by="token"`` (as :func:`atom_keys` makes them)."""
+    ``(doc, token_index, 0)`` for ``by="token"`` (as :func:`atom_keys` makes them),
+    ``(doc, end, 0)`` for ``by="end"`` (see the module doc)."""
+    zeros = torch.zeros_like(occurrences[:, DOC])
     if by == "span":
         columns = occurrences[:, [DOC, START, END]]
     elif by == "token":
-        columns = torch.stack([occurrences[:, DOC], occurrences[:, TOKEN_INDEX], torch.zeros_like(occurrences[:, DOC])], 1)
+        columns = torch.stack([occurrences[:, DOC], occurrences[:, TOKEN_INDEX], zeros], 1)
+    elif by == "end":
+        columns = torch.stack([occurrences[:, DOC], occurrences[:, END], zeros], 1)
     else:
-        raise ValueError(f"by must be 'span' or 'token', got {by!r}.")
+        raise ValueError(f"by must be 'span', 'token' or 'end', got {by!r}.")
     return [tuple(row) for row in columns.tolist()]
 
 
