@@ -21,12 +21,17 @@ def test_products_do_not_depend_on_their_companions(atoms):
             assert torch.equal(products(atoms[i], atoms[j]), whole[i][:, j])
 
 
-def test_rows_are_computed_when_first_wanted(atoms):
+def test_a_buffer_with_room_for_every_row_is_the_gram_matrix(atoms):
     gram = GramRows(atoms)
-    assert len(gram.buffer) == 600 and gram.n_held == 0 and gram.width == 640  # room for all, none made yet
-    gram.fetch(torch.arange(300, 600))
-    gram.fetch(torch.arange(0, 300))
-    assert gram.complete and torch.equal(gram.rows()[gram.slot], F.pad(atoms @ atoms.T, (0, 40)))
+    assert gram.complete and gram.width == 640
+    assert torch.equal(gram.rows()[gram.slot], F.pad(atoms @ atoms.T, (0, 40)))
+
+
+def test_rows_are_made_when_first_wanted_when_not_all_fit(atoms):
+    gram = GramRows(atoms, budget_bytes=599 * 640 * 4)
+    assert len(gram.buffer) == 599 and gram.n_held == 0
+    slots = gram.fetch(torch.tensor([5, 3]))
+    assert gram.n_held == 2 and torch.equal(gram.rows()[slots], F.pad((atoms @ atoms.T)[[5, 3]], (0, 40)))
 
 
 def test_fetch_keeps_the_most_chosen_rows_within_the_budget(atoms):
@@ -52,7 +57,7 @@ def test_growing_matches_a_fresh_buffer(atoms):
             assert grown.n_atoms == end and grown.width == -(-end // 128) * 128
         fresh = GramRows(atoms, budget)
         held = torch.nonzero(grown.slot >= 0)[:, 0]
-        assert len(grown.buffer) == len(fresh.buffer)
+        assert grown.complete == fresh.complete and len(grown.buffer) == len(fresh.buffer)
         assert torch.equal(grown.rows()[grown.slot[held]], F.pad(atoms[held] @ atoms.T, (0, 40)))
 
 

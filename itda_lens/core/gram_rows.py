@@ -2,11 +2,11 @@
 
 Each step of the ``gram`` matching pursuit (:mod:`itda_lens.core.pursuit`) subtracts the
 Gram row ``atoms[i] @ atoms.T`` of the atom ``i`` it chose. :class:`GramRows` holds those
-rows in a buffer of at most ``budget_bytes``. A row is computed when a token first
-chooses its atom; when the buffer is full, the rows chosen least often so far make room.
-Encoding is exact either way; only its speed depends on how often the chosen atoms' rows
-are held. Off the CPU (a GPU), when every row fits they are all computed at once: the
-steps then never stop to ask which rows are missing.
+rows in a buffer of at most ``budget_bytes``. When every row fits, all are computed at
+once (one product, and the steps never stop to ask which rows are missing). Otherwise
+the buffer is a cache: a row is computed when a token first chooses its atom, and when
+the buffer is full the rows chosen least often so far make room. Encoding is exact
+either way; only its speed depends on how often the chosen atoms' rows are held.
 
 Products are taken at least :data:`MIN_ROWS` by :data:`MIN_ROWS`: on the CPU each value
 is then the same whichever atoms it was computed with (``tests/test_gram_rows.py``), so
@@ -80,8 +80,8 @@ class GramRows:
         return self.buffer[:, : self.width]
 
     def _allocate(self, room: int) -> None:
-        """A new, empty buffer with columns for ``room`` atoms; off the CPU every row is
-        computed when the whole matrix fits."""
+        """A new buffer with columns for ``room`` atoms, holding every row when they
+        all fit, else none yet."""
         columns = padded_width(room)
         row_bytes = columns * self.atoms.element_size()
         if self.budget_bytes < row_bytes:
@@ -94,7 +94,7 @@ class GramRows:
         self.slot = torch.full((self.n_atoms,), -1, dtype=torch.long, device=self.atoms.device)
         self.atom_of = torch.full((capacity,), -1, dtype=torch.long, device=self.atoms.device)
         self.n_held = 0
-        if capacity >= self.n_atoms and self.atoms.device.type != "cpu":
+        if capacity >= self.n_atoms:
             self._store(torch.arange(self.n_atoms, device=self.atoms.device), torch.arange(self.n_atoms, device=self.atoms.device))
 
     def _store(self, atoms: Int[Tensor, " a"], slots: Int[Tensor, " a"]) -> None:
@@ -145,9 +145,15 @@ class GramRows:
             self._allocate(max(new, room or 2 * self.room))
             return
         self.slot = torch.cat([self.slot, self.slot.new_full((new - old,), -1)])
+        free = torch.nonzero(self.atom_of < 0)[:, 0]
+        if was_complete and len(free) >= new - old:  # stays complete: the new rows, and their transposes
+            block = products(atoms[old:new], atoms)
+            self.buffer[self.slot[:old], old:new] = block[:, :old].T
+            self.buffer[free[: new - old], :new] = block
+            self.slot[old:new] = free[: new - old]
+            self.atom_of[free[: new - old]] = torch.arange(old, new, device=atoms.device)
+            self.n_held += new - old
+            return
         held = torch.nonzero(self.atom_of >= 0)[:, 0]
         if len(held):
             self.buffer[held, old:new] = products(atoms[self.atom_of[held]], atoms[old:new])
-        if was_complete and atoms.device.type != "cpu":  # off the CPU, stay complete while rows fit
-            free = torch.nonzero(self.atom_of < 0)[:, 0][: new - old]
-            self._store(torch.arange(old, old + len(free), device=atoms.device), free)
