@@ -120,10 +120,11 @@ def _measure_sessions(model, d_model: int, n_atoms: int, batch: int, seq_len: in
 def _builder_seconds_per_token(d_model: int, n_atoms: int, k: int, tokens: int = 256) -> float:
     """Client time per token to encode with a full dictionary (the builder's main cost)."""
     from itda_lens.core import pursuit
+    from itda_lens.core.gram_rows import GramRows
 
     torch.manual_seed(0)
     atoms = torch.nn.functional.normalize(torch.randn(n_atoms, d_model), dim=1)
-    gram = pursuit.gram_matrix(atoms)
+    gram = GramRows(atoms)
     x = torch.randn(tokens, d_model)
     pursuit.pursuit(x[:8], atoms, k, gram=gram)
     start = time.perf_counter()

@@ -59,6 +59,20 @@ def test_stopping_early_leaves_the_dictionary_unchanged(monkeypatch):
     assert torch.equal(full.atoms, stopping.atoms)
 
 
+def test_a_gram_budget_changes_the_speed_not_the_dictionary():
+    # Growing well past what 64 rows hold: rows are cached, evicted and recomputed,
+    # the buffer is made again as the dictionary outgrows it.
+    torch.manual_seed(0)
+    x = torch.randn(1500, 64)
+    settings = BuildSettings(k=8, threshold=0.3, step_tokens=100)
+    whole, cached, dense = (DictionaryBuilder(64, settings, gram_bytes=budget) for budget in (1 << 30, 64 * 1024 * 4, 0))
+    added = whole.update(x)
+    assert whole._gram.complete and whole.n_atoms > 300
+    assert cached.update(x) == added and torch.equal(cached.atoms, whole.atoms)
+    assert not cached._gram.complete and len(cached._gram.buffer) <= 64
+    assert dense.update(x)[0] == added[0] and dense._gram is None
+
+
 def test_max_atoms_and_bad_activations():
     builder = DictionaryBuilder(8, BuildSettings(k=2, threshold=0.01, max_atoms=5))
     builder.update(torch.randn(100, 8))

@@ -5,7 +5,6 @@ import torch
 import yaml
 
 from itda_lens import ITDA, FormatError, Provenance
-from itda_lens.core import ops
 
 
 @pytest.fixture
@@ -66,13 +65,17 @@ def test_bad_inputs(itda):
         ITDA.from_atoms(torch.zeros(2, 4))
 
 
-def test_dense_fallback_matches_gram(itda, monkeypatch):
+def test_gram_budget_changes_speed_not_codes(itda):
     x = torch.randn(20, 32)
     with_gram = itda.encode(x)
-    monkeypatch.setattr(ops, "GRAM_MAX_BYTES", 0)
-    itda._gram = None
-    assert itda.gram() is None
+    assert itda.gram_rows().complete
+    itda.gram_bytes = 10 * 384 * 4  # ten rows of 300 atoms, padded to 384 columns
+    assert len(itda.gram_rows().buffer) == 10
+    cached = itda.encode(x)
+    itda.gram_bytes = 0
+    assert itda.gram_rows() is None
     without = itda.encode(x)
+    assert torch.equal(with_gram.indices, cached.indices) and torch.equal(with_gram.values, cached.values)
     assert torch.equal(with_gram.indices, without.indices)
     torch.testing.assert_close(with_gram.values, without.values)
 

@@ -340,7 +340,7 @@ def attribution_reference(lm, itda, heldout):
         x = itn.hidden_states(output)
         rows = x[mask].detach()
         with torch.no_grad():
-            idx, val = pursuit.pursuit(rows, itda.atoms, itda.k, gram=itda.gram(), refit=True)
+            idx, val = pursuit.pursuit(rows, itda.atoms, itda.k, gram=itda.gram_rows(), refit=True)
         leaf = val.clone().requires_grad_(True)
         leaves.append((idx, leaf))
         recon = pursuit.decode(idx, leaf, itda.atoms)

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 import itda_lens
 from itda_lens.core import pursuit, pursuit_numba
+from itda_lens.core.gram_rows import GramRows
 
 
 def textbook_mp(x, atoms, k):
@@ -32,7 +33,7 @@ def problem():
 def test_gram_and_dense_equal_textbook_mp(problem):
     x, atoms = problem
     want_i, want_v = textbook_mp(x, atoms, 12)
-    for gram in (pursuit.gram_matrix(atoms), None):
+    for gram in (GramRows(atoms), None):
         idx, val = pursuit.pursuit(x, atoms, 12, gram=gram, refit=False)
         assert torch.equal(idx, want_i)
         torch.testing.assert_close(val, want_v)
@@ -40,7 +41,7 @@ def test_gram_and_dense_equal_textbook_mp(problem):
 
 def test_refit_is_least_squares_on_chosen_atoms(problem):
     x, atoms = problem
-    idx, val = pursuit.pursuit(x, atoms, 10, gram=pursuit.gram_matrix(atoms), refit=True)
+    idx, val = pursuit.pursuit(x, atoms, 10, gram=GramRows(atoms), refit=True)
     mp_idx, mp_val = pursuit.pursuit(x, atoms, 10, refit=False)
     assert torch.equal(idx, mp_idx)
     for row in range(5):
@@ -54,7 +55,7 @@ def test_refit_is_least_squares_on_chosen_atoms(problem):
 
 def test_chunking_does_not_change_codes(problem):
     x, atoms = problem
-    gram = pursuit.gram_matrix(atoms)
+    gram = GramRows(atoms)
     whole = pursuit.pursuit(x, atoms, 8, gram=gram)
     chunked = pursuit.pursuit(x, atoms, 8, gram=gram, chunk_tokens=7)
     assert torch.equal(whole[0], chunked[0])
@@ -77,9 +78,9 @@ def test_default_chunks_bound_memory_of_both_methods(monkeypatch):
         seen["dense"].append(chunk.shape[0])
         return _original(chunk, *rest)
 
-    monkeypatch.setattr(pursuit, "_steps_for", lambda correlations: gram_steps)
+    monkeypatch.setattr(pursuit, "_steps_for", lambda x: gram_steps)
     monkeypatch.setattr(pursuit, "_dense_steps", dense_steps)
-    pursuit.pursuit(x, atoms, 8, gram=pursuit.gram_matrix(atoms))
+    pursuit.pursuit(x, atoms, 8, gram=GramRows(atoms))
     pursuit.pursuit(x, atoms, 8)
     assert max(seen["gram"]) * pursuit.padded_width(128) <= 4096
     assert max(seen["dense"]) * 8 * 64 <= 4096
@@ -94,9 +95,9 @@ def problem32():
     return x, atoms
 
 
-def steps_inputs(x, atoms):
-    gram = pursuit.gram_matrix(atoms)
-    correlations = x.new_zeros(len(x), gram.shape[1])
+def steps_inputs(x, atoms, **options):
+    gram = GramRows(atoms, **options)
+    correlations = x.new_zeros(len(x), gram.width)
     correlations[:, : len(atoms)] = x @ atoms.T
     return correlations, gram
 
@@ -117,24 +118,39 @@ def test_compiled_steps_equal_torch_steps(problem32, tolerance):
         assert torch.equal(got[3], want[3]) and 0 < len(want[3]) < len(x)
 
 
-def test_compiled_steps_read_a_gram_view_inside_a_larger_buffer(problem32):
-    # The builder keeps its Gram matrix in a buffer with room to grow.
+def test_compiled_steps_read_rows_inside_a_wider_buffer(problem32):
+    # The builder keeps its Gram rows in a buffer with room to grow.
     x, atoms = problem32
     correlations, gram = steps_inputs(x, atoms)
-    buffer = torch.zeros(1024, 1024)
-    buffer[: gram.shape[0], : gram.shape[1]] = gram
-    view = buffer[: gram.shape[0], : gram.shape[1]]
+    roomy = GramRows(atoms, room=1500)
+    assert roomy.buffer.shape[1] > roomy.width
     want = pursuit_numba.gram_steps(correlations.clone(), gram, 10)
-    got = pursuit_numba.gram_steps(correlations.clone(), view, 10)
+    got = pursuit_numba.gram_steps(correlations.clone(), roomy, 10)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("tolerance", [None, 0.2])
+def test_a_small_gram_budget_gives_the_same_codes(problem32, monkeypatch, compiled, tolerance):
+    # 40 of 700 rows fit: tokens pause for rows, rows are evicted and computed again.
+    x, atoms = problem32
+    if not compiled:
+        monkeypatch.setattr(pursuit, "_steps_for", lambda x: pursuit._gram_steps)
+    small = GramRows(atoms, budget_bytes=40 * 768 * 4)
+    assert len(small.buffer) == 40 and not small.complete
+    want = pursuit.pursuit(x, atoms, 16, gram=GramRows(atoms), tolerance=tolerance)
+    got = pursuit.pursuit(x, atoms, 16, gram=small, tolerance=tolerance)
+    assert torch.equal(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])  # the torch steps take smaller chunks: other rounding
+    assert small.n_held == 40 and int(small.uses.sum()) == x.shape[0] * 16
 
 
 @pytest.mark.parametrize("compiled", [True, False])
 def test_tolerance_stops_only_tokens_within_it(problem32, monkeypatch, compiled):
     x, atoms = problem32
     if not compiled:
-        monkeypatch.setattr(pursuit, "_steps_for", lambda correlations: pursuit._gram_steps)
-    gram = pursuit.gram_matrix(atoms)
+        monkeypatch.setattr(pursuit, "_steps_for", lambda x: pursuit._gram_steps)
+    gram = GramRows(atoms)
     full_idx, full_val = pursuit.pursuit(x, atoms, 16, gram=gram)
     idx, val = pursuit.pursuit(x, atoms, 16, gram=gram, tolerance=0.1)
     error = (x - pursuit.decode(idx, val, atoms)).pow(2).sum(1) / x.pow(2).sum(1)
@@ -175,7 +191,7 @@ def test_abs_argmax_matches_torch(n):
 @pytest.mark.parametrize("refit", [True, False])
 def test_differentiable_coefficients_match(problem, refit):
     x, atoms = problem
-    idx, val = pursuit.pursuit(x, atoms, 9, gram=pursuit.gram_matrix(atoms), refit=refit)
+    idx, val = pursuit.pursuit(x, atoms, 9, gram=GramRows(atoms), refit=refit)
     x = x.clone().requires_grad_()
     again = pursuit.coefficients(x, atoms, idx, refit=refit)
     torch.testing.assert_close(again, val)
@@ -188,7 +204,7 @@ def test_k_must_fit_dictionary(problem):
     with pytest.raises(ValueError, match="between 1 and the number of atoms"):
         pursuit.pursuit(x, atoms[:3], 4)
     with pytest.raises(ValueError, match=r"tolerance .* must lie in \(0, 1\)"):
-        pursuit.pursuit(x, atoms, 4, gram=pursuit.gram_matrix(atoms), tolerance=1.5)
+        pursuit.pursuit(x, atoms, 4, gram=GramRows(atoms), tolerance=1.5)
 
 
 def test_decode_is_weighted_sum(problem):

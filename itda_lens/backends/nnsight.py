@@ -66,18 +66,17 @@ from itda_lens.core.checks import flag as _flag
 from itda_lens.core.checks import integer as _integer
 from itda_lens.core.checks import number as _number
 from itda_lens.core.checks import warn_if_elsewhere as _warn_if_elsewhere
+from itda_lens.core.gram_rows import GramRows as _GramRows
 from itda_lens.core.itda import FLOAT_DTYPES
 from itda_lens.core.ops import ALL as _ALL
 from itda_lens.core.ops import amounts as _amounts
 from itda_lens.core.ops import decode as _decode_codes
 from itda_lens.core.ops import edit_codes as _edit_codes
 from itda_lens.core.ops import gradient_x_ablation as _gradient_x_ablation
-from itda_lens.core.ops import gram_fits as _gram_fits
 from itda_lens.core.ops import position_mask as _position_mask
 from itda_lens.core.ops import reconstruction_error as _reconstruction_error
 from itda_lens.core.ops import scatter_codes as _scatter_codes
 from itda_lens.core.ops import splice as _splice_output
-from itda_lens.core.pursuit import gram_matrix as _gram_matrix
 from itda_lens.core.pursuit import pursuit as _pursuit
 
 if TYPE_CHECKING:
@@ -288,13 +287,12 @@ def _positions(x: Tensor, dictionary: Any, mask: Tensor | None) -> Tensor:
     return mask.to(x.device, torch.bool)
 
 
-def _prepared(dictionary: Any, device: torch.device) -> tuple[Tensor, Tensor | None]:
-    """Float32 atoms on ``device`` and their Gram matrix (``None`` if too large), cached."""
+def _prepared(dictionary: Any, device: torch.device) -> tuple[Tensor, _GramRows]:
+    """Float32 atoms on ``device`` and their Gram rows (default budget), cached."""
     key = str(device)
     if key not in dictionary._prepared:
         atoms = dictionary.atoms.to(device, torch.float32)
-        gram = _gram_matrix(atoms) if _gram_fits(atoms.shape[0], atoms.element_size()) else None
-        dictionary._prepared[key] = (atoms, gram)
+        dictionary._prepared[key] = (atoms, _GramRows(atoms))
     return dictionary._prepared[key]
 
 

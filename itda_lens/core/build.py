@@ -40,8 +40,8 @@ from tqdm.auto import tqdm
 from itda_lens.core.activations import ActivationSource
 from itda_lens.core.config import DEFAULT_BUILD, BuildSettings, CorpusSettings, ModelSettings
 from itda_lens.core.files import MAX_CONFIG_BYTES, read_regular_file
+from itda_lens.core.gram_rows import GRAM_BYTES, GramRows
 from itda_lens.core.itda import ITDA, ITDAConfig, relative_error
-from itda_lens.core.ops import gram_fits
 from itda_lens.core.provenance import Provenance
 from itda_lens.core.pursuit import decode, pursuit
 from itda_lens.core.pursuit_blocks import padded_width
@@ -54,24 +54,25 @@ CHECKPOINT_EVERY = 50
 
 class GrowingDictionary:
     """The atoms of one hook point and the rule that grows them (see the module's text),
-    with the settings of :class:`~itda_lens.core.config.BuildSettings` as keywords.
+    with the settings of :class:`~itda_lens.core.config.BuildSettings` as keywords; its
+    Gram rows take at most ``gram_bytes`` (0: none, dense matching pursuit: for a copy
+    that only collects atoms grown elsewhere).
 
     Plain torch and the standard library, so that it also runs inside an nnsight session
     on a server that lacks itda-lens (:mod:`itda_lens.backends.nnsight_build`).
-    ``gram=False`` keeps no Gram matrix: for a copy that only collects atoms grown
-    elsewhere (it still encodes, by the slower dense pursuit).
     """
 
     def __init__(
         self, d_model: int, *, k: int, threshold: float, max_atoms: int | None, refit: bool, step_tokens: int,
-        device: str | torch.device = "cpu", gram: bool = True,
+        device: str | torch.device = "cpu", gram_bytes: int = GRAM_BYTES,
     ):
         self.d_model, self.device = d_model, torch.device(device)
         self.k, self.threshold, self.max_atoms, self.refit, self.step_tokens = k, threshold, max_atoms, refit, step_tokens
         self.n_atoms = 0
-        self.groups: list[int] = []  # dictionary size after each addition, to rebuild the Gram matrix exactly
+        self.groups: list[int] = []  # dictionary size after each addition
+        self.gram_bytes = gram_bytes
         self._atoms = torch.empty(0, d_model, device=self.device)
-        self._gram: Tensor | None = torch.empty(0, 0, device=self.device) if gram else None
+        self._gram: GramRows | None = None
 
     @property
     def atoms(self) -> Float[Tensor, "n_atoms d_model"]:
@@ -105,7 +106,7 @@ class GrowingDictionary:
             if self.n_atoms:
                 # A token stops encoding once surely within the threshold: it cannot become an atom.
                 k = min(self.k, self.n_atoms)
-                idx, val = pursuit(chunk, self.atoms, k, gram=self._gram_view(), refit=self.refit, tolerance=self.threshold)
+                idx, val = pursuit(chunk, self.atoms, k, gram=self._gram, refit=self.refit, tolerance=self.threshold)
                 poor &= relative_error(chunk, decode(idx, val, self.atoms)) > self.threshold
             candidates = torch.nonzero(poor)[:, 0]
             worse, encoded = worse + len(candidates), encoded + len(chunk)
@@ -127,11 +128,6 @@ class GrowingDictionary:
                 keep.append(j)
         return keep
 
-    def _gram_view(self) -> Tensor | None:
-        if self._gram is None:
-            return None
-        return self._gram[: self.n_atoms, : padded_width(self.n_atoms)]
-
     def extend(self, units: Float[Tensor, "a d_model"], groups: list[int] | None = None) -> None:
         """Add unit-norm atoms, as :meth:`update` added them: in one addition, or in the
         additions that ``groups`` (the dictionary's size after each) gives."""
@@ -146,11 +142,11 @@ class GrowingDictionary:
         if new > len(self._atoms):
             self._grow(new)
         self._atoms[old:new] = units
-        if self._gram is not None:
-            block = self._atoms[old:new] @ self._atoms[:new].T
-            self._gram[old:new, :new] = block
-            self._gram[:new, old:new] = block.T
         self.n_atoms = new
+        if self._gram is not None:
+            self._gram.grow(self.atoms, room=len(self._atoms))
+        elif self.gram_bytes:
+            self._gram = GramRows(self.atoms, self.gram_bytes, room=len(self._atoms))
         self.groups.append(new)
 
     def _grow(self, needed: int) -> None:
@@ -161,22 +157,15 @@ class GrowingDictionary:
         atoms = torch.empty(capacity, self.d_model, device=self.device)
         atoms[: self.n_atoms] = self.atoms
         self._atoms = atoms
-        if self._gram is not None and gram_fits(capacity, 4):
-            # Zeros beyond the atoms are the padding that pursuit.gram_matrix also has.
-            gram = torch.zeros(capacity, capacity, device=self.device)
-            gram[: self.n_atoms, : self.n_atoms] = self._gram[: self.n_atoms, : self.n_atoms]
-            self._gram = gram
-        else:
-            self._gram = None
 
 
 class DictionaryBuilder(GrowingDictionary):
     """The growing dictionary of one hook point, with where each atom came from."""
 
-    def __init__(self, d_model: int, settings: BuildSettings = DEFAULT_BUILD, device: str | torch.device = "cpu", gram: bool = True):
+    def __init__(self, d_model: int, settings: BuildSettings = DEFAULT_BUILD, device: str | torch.device = "cpu", gram_bytes: int = GRAM_BYTES):
         if not isinstance(settings, BuildSettings):
             raise TypeError(f"settings must be a BuildSettings, got {type(settings).__name__}.")
-        super().__init__(d_model, **asdict(settings), device=device, gram=gram)
+        super().__init__(d_model, **asdict(settings), device=device, gram_bytes=gram_bytes)
         self.settings = settings
         self.provenance: list[Provenance] = []
 
@@ -191,8 +180,7 @@ class DictionaryBuilder(GrowingDictionary):
         return ITDA(self.atoms.clone(), cfg, Provenance.cat(self.provenance))
 
     def restore(self, itda: ITDA, groups: list[int]) -> None:
-        """Continue from a checkpointed dictionary, rebuilding the Gram matrix exactly
-        as it was grown (same products, same shapes)."""
+        """Continue from a checkpointed dictionary, grown in the same steps."""
         self.provenance = [itda.provenance]
         self.extend(itda.atoms, groups)
 
@@ -234,6 +222,7 @@ def build(
     settings: BuildSettings = DEFAULT_BUILD,
     *,
     device: str | torch.device = "cpu",
+    gram_bytes: int = GRAM_BYTES,
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = CHECKPOINT_EVERY,
     keep_checkpoint: bool = False,
@@ -244,6 +233,9 @@ def build(
 ) -> BuildResult:
     """Build one dictionary per hook point of ``source`` from ``batches`` with
     ``settings``; reading stops early once every dictionary has ``settings.max_atoms``.
+
+    The dictionaries grow on ``device``, each reading Gram rows held in at most
+    ``gram_bytes`` (a memory budget that changes the speed, not the dictionaries).
 
     ``history[hook]`` holds ``[tokens, n_atoms, share of the batch's tokens reconstructed
     worse than the threshold]`` after each batch. Each dictionary's ``config.build``
@@ -264,8 +256,8 @@ def build(
         raise ValueError(f"checkpoint_every must be at least 1, got {checkpoint_every}.")
     if not isinstance(settings, BuildSettings):
         raise TypeError(f"settings must be a BuildSettings, got {type(settings).__name__}.")
-    grows = isinstance(source, Grower)
-    builders = {hook: DictionaryBuilder(source.d_model, settings, device, gram=not grows) for hook in source.hooks}
+    grows = isinstance(source, Grower)  # the dictionaries grow elsewhere: no Gram rows here
+    builders = {hook: DictionaryBuilder(source.d_model, settings, device, gram_bytes=0 if grows else gram_bytes) for hook in source.hooks}
     recorded = {"hooks": source.hooks, "model": source.model_name, **asdict(settings)}
     if model is not None:
         recorded["model_dtype"] = model.dtype

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from itda_lens.core import checks, ops, pursuit, reference
 from itda_lens.core.config import BuildSettings
 from itda_lens.core.files import MAX_CONFIG_BYTES, FormatError, read_regular_file
+from itda_lens.core.gram_rows import GRAM_BYTES, GramRows
 from itda_lens.core.provenance import COLUMNS, Provenance
 
 #: The version :meth:`ITDA.save` writes. Version 2 added the ``sha256`` of the files
@@ -116,7 +117,12 @@ class SparseCodes(NamedTuple):
 
 
 class ITDA(nn.Module):
-    """A dictionary of ``n_atoms`` unit-norm atoms of width ``d_model``."""
+    """A dictionary of ``n_atoms`` unit-norm atoms of width ``d_model``.
+
+    Encoding reads Gram rows of the atoms held in at most :attr:`gram_bytes` bytes
+    (default :data:`~itda_lens.core.gram_rows.GRAM_BYTES`; 0: dense matching pursuit,
+    no Gram rows); set it to trade memory for speed.
+    """
 
     atoms: Float[Tensor, "n_atoms d_model"]
 
@@ -144,7 +150,8 @@ class ITDA(nn.Module):
         self.config = config
         self.provenance = provenance
         self.register_buffer("atoms", atoms.to(getattr(torch, config.dtype)).contiguous())
-        self._gram: Tensor | None = None
+        self._gram_rows: GramRows | None = None
+        self._gram_bytes = GRAM_BYTES
 
     @classmethod
     def from_atoms(
@@ -190,17 +197,27 @@ class ITDA(nn.Module):
         return self.atoms
 
     def _apply(self, fn, recurse=True):  # type: ignore[override]
-        self._gram = None
+        self._gram_rows = None
         return super()._apply(fn, recurse)
 
-    def gram(self) -> Float[Tensor, "n_atoms width"] | None:
-        """The cached (padded) Gram matrix of the atoms, or ``None`` when it would exceed
-        :data:`~itda_lens.core.ops.GRAM_MAX_BYTES` (then encoding uses dense matching pursuit)."""
-        if not ops.gram_fits(self.n_atoms, self.atoms.element_size()):
+    @property
+    def gram_bytes(self) -> int:
+        """The memory budget of the Gram rows encoding reads, in bytes (0: none)."""
+        return self._gram_bytes
+
+    @gram_bytes.setter
+    def gram_bytes(self, value: int) -> None:
+        self._gram_bytes = checks.integer(value, "gram_bytes", low=0)
+        self._gram_rows = None
+
+    def gram_rows(self) -> GramRows | None:
+        """The Gram rows encoding reads (made on first use), or ``None`` when
+        :attr:`gram_bytes` is 0."""
+        if not self._gram_bytes:
             return None
-        if self._gram is None:
-            self._gram = pursuit.gram_matrix(self.atoms)
-        return self._gram
+        if self._gram_rows is None:
+            self._gram_rows = GramRows(self.atoms, self._gram_bytes)
+        return self._gram_rows
 
     # ------------------------------------------------------- encode / decode
     def _check_input(self, x: Tensor) -> None:
@@ -233,7 +250,7 @@ class ITDA(nn.Module):
         flat = x.reshape(-1, self.d_model).to(self.atoms.dtype)
         checks.finite_activations(flat)
         with torch.no_grad():
-            indices, values = pursuit.pursuit(flat, self.atoms, k, gram=self.gram(), refit=self.config.refit)
+            indices, values = pursuit.pursuit(flat, self.atoms, k, gram=self.gram_rows(), refit=self.config.refit)
         if torch.is_grad_enabled() and (flat.requires_grad or self.atoms.requires_grad):
             values = pursuit.coefficients(flat, self.atoms, indices, refit=self.config.refit)
         shape = (*x.shape[:-1], k)

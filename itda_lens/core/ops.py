@@ -22,7 +22,6 @@ from torch import Tensor
 
 from itda_lens.core.checks import flag, number
 from itda_lens.core.pursuit import decode as weighted_sum
-from itda_lens.core.pursuit_blocks import padded_width
 
 if TYPE_CHECKING:  # annotations only: these functions run inside remote nnsight traces, where jaxtyping is absent
     from jaxtyping import Bool, Float, Int
@@ -35,16 +34,7 @@ ALL = "all"
 #: ``positions`` naming only the tokens ``generate`` adds (with its KV cache).
 NEW = "new"
 
-#: Largest Gram matrix kept for the fast encoder; above it encoding uses dense matching pursuit.
-GRAM_MAX_BYTES = 2 << 30
-
 Positions = str | int | Sequence[int] | slice | Tensor
-
-
-def gram_fits(n_atoms: int, element_size: int) -> bool:
-    """Whether the padded Gram matrix of ``n_atoms`` atoms of ``element_size`` bytes
-    fits in :data:`GRAM_MAX_BYTES`."""
-    return n_atoms * padded_width(n_atoms) * element_size <= GRAM_MAX_BYTES
 
 
 # --------------------------------------------------------------------------- codes

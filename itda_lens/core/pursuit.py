@@ -6,10 +6,12 @@ Two exact implementations of the same signed k-step matching pursuit (MP):
   correlations with one row of the Gram matrix ``atoms @ atoms.T``
   (``c <- c - v * G[i]``), since ``atoms @ (x - v * atoms[i]) = c - v * G[i]``.
   A step costs ``n_atoms`` multiply-adds per token instead of ``n_atoms * d_model``.
+  The rows come from a :class:`~itda_lens.core.gram_rows.GramRows`: the whole matrix
+  when it fits its memory budget, else a cache of the rows chosen most.
   For float32 on the CPU the steps run compiled (:mod:`itda_lens.core.pursuit_numba`) when
   numba is installed.
-- ``dense``: the textbook loop, one product with the whole dictionary per step. It
-  needs no Gram matrix, so it is the fallback for dictionaries too large for one.
+- ``dense``: the textbook loop, one product with the whole dictionary per step, for
+  a Gram budget of 0.
 
 Either can finish with a least-squares refit of the coefficients on the chosen atoms
 (the projection of ``x`` onto their span, as in orthogonal matching pursuit), which
@@ -27,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from itda_lens.core.gram_rows import GramRows
 from itda_lens.core.pursuit_blocks import BLOCK, STOP_EVERY, padded_width
 
 if TYPE_CHECKING:  # annotations only: these kernels run inside remote nnsight traces, where jaxtyping is absent
@@ -43,29 +46,20 @@ CHUNK_ELEMENTS = 1 << 21
 STOP_SLACK = 1e-4
 
 
-def gram_matrix(atoms: Float[Tensor, "n_atoms d_model"]) -> Float[Tensor, "n_atoms width"]:
-    """The Gram matrix ``atoms @ atoms.T`` used by the ``gram`` method, with zero
-    columns up to :func:`padded_width`."""
-    n_atoms = atoms.shape[0]
-    gram = atoms.new_zeros(n_atoms, padded_width(n_atoms))
-    gram[:, :n_atoms] = atoms @ atoms.T
-    return gram
-
-
 def pursuit(
     x: Float[Tensor, "n d_model"],
     atoms: Float[Tensor, "n_atoms d_model"],
     k: int,
     *,
-    gram: Float[Tensor, "n_atoms width"] | None = None,
+    gram: GramRows | None = None,
     refit: bool = True,
     chunk_tokens: int | None = None,
     tolerance: float | None = None,
 ) -> tuple[Int[Tensor, "n k"], Float[Tensor, "n k"]]:
     """Encode ``x`` with ``k`` steps of signed matching pursuit.
 
-    Uses the ``gram`` method when ``gram`` (as from :func:`gram_matrix`) is given,
-    else the ``dense`` one; both give the same codes up to float rounding. Tokens are
+    Uses the ``gram`` method when ``gram`` (the Gram rows of ``atoms``) is given, else
+    the ``dense`` one; both give the same codes up to float rounding. Tokens are
     processed in chunks of about :data:`CHUNK_ELEMENTS` correlations (or chosen-atom
     entries, for the dense method), so memory does not grow with ``n``.
 
@@ -81,11 +75,14 @@ def pursuit(
     if tolerance is not None and not 0.0 < tolerance < 1.0:
         raise ValueError(f"tolerance is a relative error and must lie in (0, 1), got {tolerance}.")
     width = padded_width(n_atoms)
-    if gram is not None and (gram.shape[0] != n_atoms or gram.shape[1] != width):
-        raise ValueError(f"gram must have shape ({n_atoms}, {width}) as from gram_matrix, got {tuple(gram.shape)}.")
+    if gram is not None and gram.n_atoms != n_atoms:
+        raise ValueError(f"gram holds the rows of {gram.n_atoms} atoms, not of these {n_atoms}.")
     if chunk_tokens is None:  # the dense steps also keep the chosen atoms, [chunk, k, d_model]
         per_token = width if gram is not None else max(width, k * atoms.shape[1])
         chunk_tokens = max(1, CHUNK_ELEMENTS // per_token)
+    steps = _steps_for(x) if gram is not None else None
+    if steps is _gram_steps:  # a step's distinct atoms must all fit the buffer at once
+        chunk_tokens = min(chunk_tokens, len(gram.buffer))
     padded_atoms = None if gram is not None else torch.cat([atoms, atoms.new_zeros(width - n_atoms, atoms.shape[1])])
     indices = torch.empty(x.shape[0], k, dtype=torch.long, device=x.device)
     values = torch.empty(x.shape[0], k, dtype=x.dtype, device=x.device)
@@ -95,7 +92,8 @@ def pursuit(
         correlations[:, :n_atoms] = chunk @ atoms.T
         if gram is not None:
             enough = None if tolerance is None else (1.0 - tolerance + STOP_SLACK) * chunk.double().square().sum(dim=1)
-            idx, val, pair, ran = _steps_for(correlations)(correlations.clone(), gram, k, enough)
+            idx, val, pair, ran = steps(correlations.clone(), gram, k, enough)
+            gram.count(idx)
         else:
             (idx, val, pair), ran = _dense_steps(chunk, padded_atoms, k), None
         if refit and ran is None:
@@ -107,10 +105,10 @@ def pursuit(
     return indices, values
 
 
-def _steps_for(correlations: Tensor):
+def _steps_for(x: Tensor):
     """The compiled ``gram`` steps for float32 on the CPU when numba is installed, else
     the torch ones."""
-    if correlations.device.type == "cpu" and correlations.dtype == torch.float32:
+    if x.device.type == "cpu" and x.dtype == torch.float32:
         try:
             from itda_lens.core import pursuit_numba
         except ImportError:
@@ -121,12 +119,13 @@ def _steps_for(correlations: Tensor):
 
 def _gram_steps(
     correlations: Float[Tensor, "m width"],
-    gram: Float[Tensor, "n_atoms width"],
+    gram: GramRows,
     k: int,
     enough: Float[Tensor, " m"] | None = None,
 ) -> tuple[Int[Tensor, "m k"], Float[Tensor, "m k"], Float[Tensor, "m k k"], Int[Tensor, " r"] | None]:
     """The MP steps, also returning the chosen atoms' Gram block (read from the rows
-    each step fetches anyway).
+    each step fetches anyway). The rows a step's tokens chose are fetched into ``gram``
+    first (``m`` is at most its buffer's length, so they all fit).
 
     With ``enough``, a token stops once its coefficients' squares (the energy the MP
     steps removed) reach it; its later slots repeat its first atom with value 0. The
@@ -156,7 +155,10 @@ def _gram_steps(
         coef = c.gather(1, best[:, None])
         i[:, step] = best
         v[:, step] = coef[:, 0]
-        torch.index_select(gram, 0, best, out=rows)
+        if not gram.complete:  # a sync: which rows are missing
+            gram.fetch(torch.unique(best))
+        slots = gram.slot[best]
+        torch.index_select(gram.rows(), 0, slots, out=rows)
         p[:, step, : step + 1] = rows.gather(1, i[:, : step + 1])
         if step + 1 < k:
             c.addcmul_(rows, coef, value=-1.0)

@@ -20,29 +20,42 @@ import torch
 from numba import njit, prange
 from torch import Tensor
 
+from itda_lens.core.gram_rows import GramRows
 from itda_lens.core.pursuit_blocks import BLOCK, STOP_EVERY
 
 _MAGNITUDE = np.int32(0x7FFFFFFF)
 
 
 def gram_steps(
-    correlations: Tensor, gram: Tensor, k: int, enough: Tensor | None = None
+    correlations: Tensor, gram: GramRows, k: int, enough: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Same inputs and outputs as :func:`itda_lens.core.pursuit._gram_steps`;
-    ``correlations`` (float32, contiguous) is overwritten."""
+    ``correlations`` (float32, contiguous) is overwritten.
+
+    A token whose chosen atom's Gram row is not held pauses there; the rows its pause
+    needs are fetched (each once for all tokens waiting on it) and the paused tokens go
+    on, until every token has finished."""
     m, width = correlations.shape
-    if gram.stride(1) != 1:
-        gram = gram.contiguous()
-    # The Gram rows as one flat array and a row stride: a builder's Gram matrix is a view
-    # into a larger buffer, which numba would otherwise see as an array of any layout.
-    flat = gram.as_strided(((gram.shape[0] - 1) * gram.stride(0) + width,), (1,))
+    buffer = gram.buffer
+    # The rows as one flat array and a row stride: the buffer may be wider than ``width``.
+    flat = buffer.as_strided(((len(buffer) - 1) * buffer.stride(0) + width,), (1,)) if len(buffer) else buffer.new_zeros(width)
     idx = np.zeros((m, k), np.int64)
     val = np.zeros((m, k), np.float32)
     pair = np.zeros((m, k, k), np.float32)
     ran = np.ones(m, np.bool_)
     limit = np.full(m, np.inf) if enough is None else enough.double().numpy()
+    done = np.zeros(m, np.int64)
+    removed = np.zeros(m, np.float64)
+    need = np.full(m, -1, np.int64)
+    active = np.arange(m)
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    _steps(correlations.numpy(), flat.numpy(), gram.stride(0), k, limit, idx, val, pair, ran)
+    while len(active):
+        _steps(correlations.numpy(), flat.numpy(), buffer.stride(0), gram.slot.numpy(), k, limit, idx, val, pair, ran, active, done, removed, need)
+        paused = np.flatnonzero(need >= 0)
+        if not len(paused):
+            break
+        gram.fetch(torch.from_numpy(np.unique(need[paused])))
+        active = paused[gram.slot.numpy()[need[paused]] >= 0]
     finished = None if ran.all() else torch.from_numpy(np.flatnonzero(ran))
     return torch.from_numpy(idx), torch.from_numpy(val), torch.from_numpy(pair), finished
 
@@ -64,24 +77,30 @@ def _abs_argmax(bits, n_blocks):
 
 
 @njit(parallel=True, cache=True)
-def _steps(correlations, gram, stride, k, enough, idx, val, pair, ran):
-    m, width = correlations.shape
-    for token in prange(m):
+def _steps(correlations, gram, stride, slot, k, enough, idx, val, pair, ran, active, done, removed, need):
+    width = correlations.shape[1]
+    for a in prange(len(active)):
+        token = active[a]
         row = correlations[token]
         bits = row.view(np.int32)
-        removed = 0.0
-        for step in range(k):
+        need[token] = -1
+        for step in range(done[token], k):
             best = _abs_argmax(bits, width // BLOCK)
+            where = slot[best]
+            if where < 0:  # pause until the row is fetched; the correlations are unchanged
+                need[token] = best
+                done[token] = step
+                break
             coef = row[best]
             idx[token, step] = best
             val[token, step] = coef
-            atom = gram[best * stride : best * stride + width]
+            atom = gram[where * stride : where * stride + width]
             for earlier in range(step + 1):
                 pair[token, step, earlier] = pair[token, earlier, step] = atom[idx[token, earlier]]
-            removed += np.float64(coef) * coef
+            removed[token] += np.float64(coef) * coef
             if step + 1 == k:
                 break
-            if (step + 1) % STOP_EVERY == 0 and removed >= enough[token]:
+            if (step + 1) % STOP_EVERY == 0 and removed[token] >= enough[token]:
                 idx[token, step + 1 :] = idx[token, 0]
                 ran[token] = False
                 break

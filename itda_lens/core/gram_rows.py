@@ -1,0 +1,159 @@
+"""The Gram rows that matching pursuit reads, under a memory budget.
+
+Each step of the ``gram`` matching pursuit (:mod:`itda_lens.core.pursuit`) subtracts the
+Gram row ``atoms[i] @ atoms.T`` of the atom ``i`` it chose. :class:`GramRows` holds those
+rows in a buffer of at most ``budget_bytes``. When every row fits, all are computed at
+once (one product, and the steps never stop to ask which rows are missing). Otherwise
+the buffer is a cache: a row is computed when a token first chooses its atom, and when
+the buffer is full the rows chosen least often so far make room. Encoding is exact
+either way; only its speed depends on how often the chosen atoms' rows are held.
+
+Products are taken at least :data:`MIN_ROWS` by :data:`MIN_ROWS`: on the CPU each value
+is then the same whichever atoms it was computed with (``tests/test_gram_rows.py``), so
+codes do not depend on what the cache held or on how the dictionary grew. Torch and the
+standard library only: it runs inside remote nnsight traces.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from itda_lens.core.pursuit_blocks import padded_width
+
+if TYPE_CHECKING:  # annotations only: jaxtyping is absent on a remote nnsight server
+    from jaxtyping import Float, Int
+
+#: The default budget of a dictionary's Gram rows (a sixth of a 24 GiB machine): the
+#: whole float32 matrix up to 32,768 atoms, 8,192 rows of a 131,072-atom dictionary.
+GRAM_BYTES = 4 << 30
+
+#: The smallest side of the matrix products that compute Gram values.
+MIN_ROWS = 16
+
+#: Rows computed per product when many are stored at once.
+STORE_ROWS = 1024
+
+
+def products(a: Float[Tensor, "m d_model"], b: Float[Tensor, "n d_model"]) -> Float[Tensor, "m n"]:
+    """``a @ b.T``, computed with both sides padded to :data:`MIN_ROWS` rows."""
+    short_a, short_b = MIN_ROWS - len(a), MIN_ROWS - len(b)
+    if short_a > 0:
+        a = torch.cat([a, a[:1].expand(short_a, -1)])
+    if short_b > 0:
+        b = torch.cat([b, b[:1].expand(short_b, -1)])
+    return (a @ b.T)[: len(a) - max(short_a, 0), : len(b) - max(short_b, 0)]
+
+
+class GramRows:
+    """Rows of ``atoms @ atoms.T`` for matching pursuit, in at most ``budget_bytes``.
+
+    Row ``slot[i]`` of :attr:`buffer` holds atom ``i``'s Gram row (-1: not held), zero
+    beyond the last atom; :attr:`n_held` rows are held. ``room`` atoms fit before the buffer is made again; a builder
+    that appends atoms calls :meth:`grow`.
+    """
+
+    def __init__(self, atoms: Float[Tensor, "n_atoms d_model"], budget_bytes: int = GRAM_BYTES, room: int | None = None):
+        self.budget_bytes = budget_bytes
+        self.atoms = atoms
+        self.uses = torch.zeros(len(atoms), dtype=torch.long, device=atoms.device)
+        self._allocate(max(room or 0, len(atoms)))
+
+    @property
+    def n_atoms(self) -> int:
+        return len(self.atoms)
+
+    @property
+    def width(self) -> int:
+        """Columns the pursuit reads: one per atom, zero-padded to a whole block."""
+        return padded_width(self.n_atoms)
+
+    @property
+    def complete(self) -> bool:
+        """Whether every atom's row is held (the whole Gram matrix fits the budget)."""
+        return self.n_held == self.n_atoms
+
+    def rows(self) -> Float[Tensor, "capacity width"]:
+        """The buffer's rows, :attr:`width` columns each (a view)."""
+        return self.buffer[:, : self.width]
+
+    def _allocate(self, room: int) -> None:
+        """A new buffer with columns for ``room`` atoms, holding every row when they
+        all fit, else none yet."""
+        columns = padded_width(room)
+        row_bytes = columns * self.atoms.element_size()
+        if self.budget_bytes < row_bytes:
+            raise ValueError(
+                f"a Gram budget of {self.budget_bytes} bytes holds no row for {room} atoms; give at least {row_bytes} bytes, or 0 for dense matching pursuit."
+            )
+        self.room = room
+        capacity = min(self.budget_bytes // row_bytes, room)
+        self.buffer = self.atoms.new_zeros(capacity, columns)
+        self.slot = torch.full((self.n_atoms,), -1, dtype=torch.long, device=self.atoms.device)
+        self.atom_of = torch.full((capacity,), -1, dtype=torch.long, device=self.atoms.device)
+        self.n_held = 0
+        if capacity >= self.n_atoms:
+            self._store(torch.arange(self.n_atoms, device=self.atoms.device), torch.arange(self.n_atoms, device=self.atoms.device))
+
+    def _store(self, atoms: Int[Tensor, " a"], slots: Int[Tensor, " a"]) -> None:
+        for start in range(0, len(atoms), STORE_ROWS):  # no [a, n_atoms] temporary beside the buffer
+            part = slice(start, start + STORE_ROWS)
+            self.buffer[slots[part], : self.n_atoms] = products(self.atoms[atoms[part]], self.atoms)
+        self.slot[atoms] = slots
+        self.atom_of[slots] = atoms
+        self.n_held += len(atoms)
+
+    def count(self, indices: Int[Tensor, "n k"]) -> None:
+        """Record the atoms an encoding chose: the cache keeps the most chosen."""
+        self.uses += torch.bincount(indices.flatten(), minlength=self.n_atoms)
+
+    def fetch(self, wanted: Int[Tensor, " w"]) -> Int[Tensor, " w"]:
+        """Hold the rows of the distinct atoms ``wanted`` and return their slots.
+
+        A missing row goes to a free slot, else to the slot of the least-chosen held row
+        not wanted. At most ``len(buffer)`` are held: the others' slots stay -1."""
+        slots = self.slot[wanted]
+        missing = wanted[slots < 0]
+        if not len(missing):
+            return slots
+        free = torch.nonzero(self.atom_of < 0)[:, 0]
+        if len(free) < len(missing):
+            protected = torch.zeros(len(self.atom_of), dtype=torch.bool, device=wanted.device)
+            protected[slots[slots >= 0]] = True
+            evictable = torch.nonzero((self.atom_of >= 0) & ~protected)[:, 0]
+            n_evict = min(len(missing) - len(free), len(evictable))
+            evicted = evictable[torch.topk(self.uses[self.atom_of[evictable]], n_evict, largest=False, sorted=False).indices]
+            self.slot[self.atom_of[evicted]] = -1
+            self.atom_of[evicted] = -1
+            self.n_held -= len(evicted)
+            free = torch.cat([free, evicted])
+        missing = missing[: len(free)]
+        self._store(missing, free[: len(missing)])
+        return self.slot[wanted]
+
+    def grow(self, atoms: Float[Tensor, "n_atoms d_model"], room: int | None = None) -> None:
+        """Follow the dictionary after atoms were appended: ``atoms`` is all of them,
+        the earlier ones first and unchanged. When they outgrow ``room`` the buffer is
+        made again for the given ``room`` (default: twice as many)."""
+        old, new = self.n_atoms, len(atoms)
+        was_complete = self.complete
+        self.atoms = atoms
+        self.uses = torch.cat([self.uses, self.uses.new_zeros(new - old)])
+        if new > self.room:
+            self._allocate(max(new, room or 2 * self.room))
+            return
+        self.slot = torch.cat([self.slot, self.slot.new_full((new - old,), -1)])
+        free = torch.nonzero(self.atom_of < 0)[:, 0]
+        if was_complete and len(free) >= new - old:  # stays complete: the new rows, and their transposes
+            block = products(atoms[old:new], atoms)
+            self.buffer[self.slot[:old], old:new] = block[:, :old].T
+            self.buffer[free[: new - old], :new] = block
+            self.slot[old:new] = free[: new - old]
+            self.atom_of[free[: new - old]] = torch.arange(old, new, device=atoms.device)
+            self.n_held += new - old
+            return
+        held = torch.nonzero(self.atom_of >= 0)[:, 0]
+        if len(held):
+            self.buffer[held, old:new] = products(atoms[self.atom_of[held]], atoms[old:new])

@@ -1,0 +1,66 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from itda_lens.core.gram_rows import MIN_ROWS, GramRows, products
+
+
+@pytest.fixture
+def atoms():
+    torch.manual_seed(0)
+    return F.normalize(torch.randn(600, 64), dim=1)
+
+
+def test_products_do_not_depend_on_their_companions(atoms):
+    # What makes cached encoding reproducible: a Gram value is the same whichever rows
+    # and columns it is computed with.
+    whole = atoms @ atoms.T
+    for rows in (1, 3, MIN_ROWS, 100):
+        for columns in (1, 5, 200):
+            i, j = torch.randperm(600)[:rows], torch.randperm(600)[:columns]
+            assert torch.equal(products(atoms[i], atoms[j]), whole[i][:, j])
+
+
+def test_a_buffer_with_room_for_every_row_is_the_gram_matrix(atoms):
+    gram = GramRows(atoms)
+    assert gram.complete and gram.width == 640
+    assert torch.equal(gram.rows()[gram.slot], F.pad(atoms @ atoms.T, (0, 40)))
+
+
+def test_rows_are_made_when_first_wanted_when_not_all_fit(atoms):
+    gram = GramRows(atoms, budget_bytes=599 * 640 * 4)
+    assert len(gram.buffer) == 599 and gram.n_held == 0
+    slots = gram.fetch(torch.tensor([5, 3]))
+    assert gram.n_held == 2 and torch.equal(gram.rows()[slots], F.pad((atoms @ atoms.T)[[5, 3]], (0, 40)))
+
+
+def test_fetch_keeps_the_most_chosen_rows_within_the_budget(atoms):
+    gram = GramRows(atoms, budget_bytes=4 * 640 * 4)
+    assert len(gram.buffer) == 4 and gram.n_held == 0
+    gram.count(torch.tensor([[7, 7, 7, 8, 8, 9]]))
+    gram.fetch(torch.tensor([7, 8, 9, 10]))
+    assert gram.n_held == 4
+    slots = gram.fetch(torch.tensor([11]))  # evicts 10, chosen least (never)
+    assert gram.slot[10] == -1 and gram.slot[7] >= 0 and gram.slot[11] == slots[0]
+    assert torch.equal(gram.buffer[slots[0], :600], (atoms @ atoms.T)[11])
+    assert torch.equal(gram.buffer[slots[0], 600:], torch.zeros(40))
+    partial = gram.fetch(torch.arange(20, 26))  # more than fit: the first four are held
+    assert (partial[:4] >= 0).all() and (partial[4:] == -1).all()
+
+
+def test_growing_matches_a_fresh_buffer(atoms):
+    for budget in (1 << 30, 50 * 1024 * 4):
+        grown = GramRows(atoms[:100], budget, room=300)
+        grown.fetch(torch.arange(0, 100, 7))
+        for end in (130, 250, 400, 600):  # 400 outgrows the room: a new buffer
+            grown.grow(atoms[:end])
+            assert grown.n_atoms == end and grown.width == -(-end // 128) * 128
+        fresh = GramRows(atoms, budget)
+        held = torch.nonzero(grown.slot >= 0)[:, 0]
+        assert grown.complete == fresh.complete and len(grown.buffer) == len(fresh.buffer)
+        assert torch.equal(grown.rows()[grown.slot[held]], F.pad(atoms[held] @ atoms.T, (0, 40)))
+
+
+def test_a_budget_below_one_row_is_refused(atoms):
+    with pytest.raises(ValueError, match="holds no row for 600 atoms; give at least 2560 bytes, or 0 for dense"):
+        GramRows(atoms, budget_bytes=100)
