@@ -39,6 +39,10 @@ if TYPE_CHECKING:  # annotations only: these kernels run inside remote nnsight t
 #: enough to stay in cache across the k steps on common CPUs).
 CHUNK_ELEMENTS = 1 << 21
 
+#: Tokens per chunk at least when Gram rows are made on demand, so that the rows a round
+#: of paused tokens needs are made in one product (128 MiB of correlations at 131,072 atoms).
+CACHE_CHUNK_TOKENS = 256
+
 
 #: With a ``tolerance``, a token stops once its MP residual is below
 #: ``tolerance - STOP_SLACK`` of its squared norm: the slack covers the float rounding
@@ -80,6 +84,8 @@ def pursuit(
     if chunk_tokens is None:  # the dense steps also keep the chosen atoms, [chunk, k, d_model]
         per_token = width if gram is not None else max(width, k * atoms.shape[1])
         chunk_tokens = max(1, CHUNK_ELEMENTS // per_token)
+        if gram is not None and not gram.complete:  # rows made on demand: more tokens share each product
+            chunk_tokens = max(chunk_tokens, CACHE_CHUNK_TOKENS)
     steps = _steps_for(x) if gram is not None else None
     if steps is _gram_steps:  # a step's distinct atoms must all fit the buffer at once
         chunk_tokens = min(chunk_tokens, len(gram.buffer))
