@@ -89,13 +89,18 @@ def random_problem(n_atoms: int, d_model: int, tokens: int, generator: torch.Gen
     return atoms, x
 
 
-def timed(device: str, fn, *args) -> float:
+def synchronize(device: str) -> None:
+    """Wait for the GPU's queued work (nothing to wait for elsewhere)."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def timed(device: str, fn, *args) -> float:
+    """Seconds of ``fn(*args)``, queued GPU work included. Also used by gpu.py and widths.py."""
+    synchronize(device)
     start = time.perf_counter()
     fn(*args)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    synchronize(device)
     return time.perf_counter() - start
 
 

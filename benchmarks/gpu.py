@@ -20,19 +20,10 @@ import time
 
 import torch
 import torch.nn.functional as F
+from encode_speed import plain_mp, synchronize, timed  # the same baseline and clock as encode_speed.py
 
 from itda_lens import ITDA, BuildSettings
 from itda_lens.core.build import DictionaryBuilder
-
-
-def timed(device: str, fn, *args) -> float:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn(*args)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def matmul_peak(device: str, dtype: torch.dtype, size: int = 8192) -> float:
@@ -41,18 +32,6 @@ def matmul_peak(device: str, dtype: torch.dtype, size: int = 8192) -> float:
     b = torch.randn(size, size, device=device, dtype=dtype)
     a @ b
     return 2 * size**3 / min(timed(device, torch.matmul, a, b) for _ in range(3))
-
-
-def plain_mp(x: torch.Tensor, atoms: torch.Tensor, k: int) -> torch.Tensor:
-    residual = x.clone()
-    indices = torch.empty(len(x), k, dtype=torch.long, device=x.device)
-    rows = torch.arange(len(x), device=x.device)
-    for step in range(k):
-        correlations = residual @ atoms.T
-        best = correlations.abs().argmax(dim=1)
-        residual -= correlations[rows, best][:, None] * atoms[best]
-        indices[:, step] = best
-    return indices
 
 
 def problem(n: int, d_model: int, n_atoms: int, generator: torch.Generator, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,7 +69,7 @@ def main() -> None:
                 itda.encode(inputs[:64])
                 seconds = timed(device, itda.encode, inputs)
                 plain_seconds = timed(device, plain_mp, inputs.float(), atoms, args.k)
-                same = float((itda.encode(inputs).indices == plain_mp(inputs.float(), atoms, args.k)).float().mean())
+                same = float((itda.encode(inputs).indices == plain_mp(inputs.float(), atoms, args.k)[0]).float().mean())
                 flops = args.tokens * (2 * n_atoms * d_model + 2 * args.k * n_atoms)
                 row = {
                     "d_model": d_model, "n_atoms": n_atoms, "activations": dtype, "tokens_per_s": args.tokens / seconds,
@@ -110,8 +89,7 @@ def main() -> None:
                 _, x = problem(4096, d_model, 4096, generator, device)
                 builder.update(x)
                 tokens += 4096
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
+            synchronize(device)
             seconds = time.perf_counter() - start
             builds.append({"d_model": d_model, "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds})
             print(f"{d_model:>7} {tokens:>7} tokens in {seconds:.1f} s: {tokens / seconds:.0f} tok/s", flush=True)

@@ -24,6 +24,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from encode_speed import synchronize, timed  # the same clock as encode_speed.py
 
 from itda_lens import ITDA, BuildSettings
 from itda_lens.core.build import DictionaryBuilder
@@ -37,19 +38,6 @@ def activation_like(n: int, d_model: int, generator: torch.Generator, device: st
     mean = 4.0 * F.normalize(torch.randn(d_model, generator=generator), dim=0)
     mix = torch.zeros(n, len(basis)).scatter_(1, torch.randint(0, len(basis), (n, 30), generator=generator), torch.randn(n, 30, generator=generator))
     return (mean + mix @ basis).to(device)
-
-
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def timed(device: str, fn, *args) -> float:
-    synchronize(device)
-    start = time.perf_counter()
-    fn(*args)
-    synchronize(device)
-    return time.perf_counter() - start
 
 
 def peak_gib(device: str) -> float:
