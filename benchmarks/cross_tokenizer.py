@@ -52,7 +52,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from layer_matching import CORPUS, ROOT, record_fraction
-from tiny_lm import Sequences, TinyLMConfig, bridge, heldout_loss, trained_model, trained_tokenizer, training_vocabulary
+from tiny_lm import Sequences, TinyLMConfig, add_training_options, bridge, heldout_loss, trained_model, trained_tokenizer, training_vocabulary
 
 from itda_lens.core.activations import TransformerLensSource
 from itda_lens.core.config import BuildSettings
@@ -66,20 +66,13 @@ from itda_lens.tools.compare.model_layers import model_layers
 
 
 def arguments(argv: list[str] | None = None) -> argparse.Namespace:
-    lm = TinyLMConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--text-file", type=Path, default=CORPUS)
     models = p.add_argument_group("models")
     models.add_argument("--tokenizers", nargs="+", default=["bpe:2000", "bpe:4000", "unigram:3000"], help="kind:vocabulary size[@seed,seed...], kind bpe or unigram; @ overrides --seeds for that tokenizer")
     models.add_argument("--depths", nargs="+", type=int, default=[4, 6, 8], help="layers of the models of each tokenizer, in order")
     models.add_argument("--seeds", type=int, nargs="+", default=[10, 11, 12], help="the seeds of each tokenizer's models")
-    models.add_argument("--d-model", type=int, default=lm.d_model)
-    models.add_argument("--heads", type=int, default=lm.n_heads)
-    models.add_argument("--d-mlp", type=int, default=lm.d_mlp)
-    models.add_argument("--seq-len", type=int, default=lm.seq_len)
-    models.add_argument("--batch-size", type=int, default=lm.batch_size)
-    models.add_argument("--steps", type=int, default=lm.steps)
-    models.add_argument("--lr", type=float, default=lm.lr)
+    add_training_options(models)
     itda = p.add_argument_group("dictionaries")
     itda.add_argument("--build-docs", type=int, default=12, help="the first documents of the corpus; every token of them")
     itda.add_argument("--k", type=int, default=8)

@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tiny_lm import (
     Sequences,
     TinyLMConfig,
+    add_training_options,
     bridge,
     heldout_loss,
     trained_model,
@@ -82,13 +83,7 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     models.add_argument("--seeds", type=int, default=5, help="number of models")
     models.add_argument("--first-seed", type=int, default=10, help="seeds first-seed .. first-seed + seeds - 1")
     models.add_argument("--layers", type=int, default=lm.n_layers)
-    models.add_argument("--d-model", type=int, default=lm.d_model)
-    models.add_argument("--heads", type=int, default=lm.n_heads)
-    models.add_argument("--d-mlp", type=int, default=lm.d_mlp)
-    models.add_argument("--seq-len", type=int, default=lm.seq_len)
-    models.add_argument("--batch-size", type=int, default=lm.batch_size)
-    models.add_argument("--steps", type=int, default=lm.steps)
-    models.add_argument("--lr", type=float, default=lm.lr)
+    add_training_options(models)
     models.add_argument("--softmax-tokens", type=int, default=lm.softmax_tokens, help="training softmax over this many most frequent tokens")
     itda = p.add_argument_group("dictionaries")
     itda.add_argument("--build-tokens", type=int, default=60000, help="tokens the dictionaries are built from (at most)")

@@ -59,6 +59,19 @@ class TinyLMConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def add_training_options(group) -> None:
+    """The shared width and training options of the benchmarks' tiny Llamas (an argparse
+    group), with :class:`TinyLMConfig`'s defaults."""
+    lm = TinyLMConfig()
+    group.add_argument("--d-model", type=int, default=lm.d_model)
+    group.add_argument("--heads", type=int, default=lm.n_heads)
+    group.add_argument("--d-mlp", type=int, default=lm.d_mlp)
+    group.add_argument("--seq-len", type=int, default=lm.seq_len)
+    group.add_argument("--batch-size", type=int, default=lm.batch_size)
+    group.add_argument("--steps", type=int, default=lm.steps)
+    group.add_argument("--lr", type=float, default=lm.lr)
+
+
 @dataclass
 class Sequences:
     """Training sequences: BOS then ``seq_len - 1`` tokens of one document, padded."""
