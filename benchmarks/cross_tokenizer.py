@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
         for overlap in overlaps
     }
     baselines = [m for m in args.measures if m != JACCARD]
-    matrices = model_similarities(models, baselines, max_tokens=args.baseline_tokens, include_self=True, align=args.align) if baselines else {}
+    matrices = model_similarities(models, baselines, max_tokens=args.baseline_tokens, include_self=True, min_overlap=args.min_overlap, align=args.align) if baselines else {}
     matrices[JACCARD] = {pair: c.jaccard()[0] for pair, c in counts[args.min_overlap].items()}
     seconds["measures"] = time.perf_counter() - t0
 
@@ -175,13 +175,13 @@ def main(argv: list[str] | None = None) -> dict:
     n = len(names)
     print(f"\n{n} models; ITDA Jaccard with min_overlap {args.min_overlap}, baselines aligned by {args.align}")
     print("accuracy [95% bootstrap interval]; ITDA Jaccard redraws models and documents, the baselines models only")
-    header = f"{'measure':<14} {'same tokenizer, cross-model':>28} {'same tokenizer, with self':>28} {'cross-tokenizer':>28}"
+    header = f"{'measure':<22} {'same tokenizer, cross-model':>28} {'same tokenizer, with self':>28} {'cross-tokenizer':>28}"
     print(header)
     table = {}
     for measure in [JACCARD, *baselines]:
         row = {"same_cross_model": interval(measure, same, False), "same_with_self": interval(measure, same, True), "cross_tokenizer": interval(measure, cross, False)}
         table[measure] = row
-        print(f"{measure:<14} {row['same_cross_model']!s:>28} {row['same_with_self']!s:>28} {row['cross_tokenizer']!s:>28}", flush=True)
+        print(f"{measure:<22} {row['same_cross_model']!s:>28} {row['same_with_self']!s:>28} {row['cross_tokenizer']!s:>28}", flush=True)
     if len(overlaps) > 1:
         print("\nITDA Jaccard by min_overlap (cross-tokenizer; same tokenizer cross-model):")
         for overlap in overlaps:

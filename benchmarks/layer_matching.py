@@ -183,9 +183,9 @@ def main(argv: list[str] | None = None) -> dict:
     n = len(models)
     print(f"\nlayer-matching accuracy [95% bootstrap interval]: {n} seeds x {args.layers} layers; {n * (n - 1) * args.layers} cross-model decisions, {n * n * args.layers} with self-pairs")
     print("(ITDA Jaccard: models and documents redrawn; baselines: models redrawn)")
-    print(f"{'measure':<14} {'cross-model':>24} {'with self-pairs':>24}")
+    print(f"{'measure':<22} {'cross-model':>24} {'with self-pairs':>24}")
     for measure, cross, with_self in rows:
-        print(f"{measure:<14} {cross!s:>24} {with_self!s:>24}")
+        print(f"{measure:<22} {cross!s:>24} {with_self!s:>24}")
     if JACCARD in args.measures:
         unions = {name: set().union(*(atom_keys(d, args.by) for d in m.dictionaries.values())) for name, m in by_name.items()}
         whole = [len(unions[a] & unions[b]) / len(unions[a] | unions[b]) for i, a in enumerate(names) for b in names[i + 1 :]]

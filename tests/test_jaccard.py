@@ -12,9 +12,10 @@ import torch
 from itda_lens.core.build import build
 from itda_lens.core.config import BuildSettings
 from itda_lens.core.itda import ITDA
+from itda_lens.core.metrics import atom_uses
 from itda_lens.core.provenance import Provenance
 from itda_lens.core.text import file_documents, token_batches
-from itda_lens.tools.compare import atom_keys, expected_jaccard, jaccard, jaccard_report, matched_pairs
+from itda_lens.tools.compare import atom_keys, expected_jaccard, jaccard, jaccard_report, matched_pairs, weighted_jaccard
 
 # ----------------------------------------------------------------------------- fixtures
 
@@ -318,3 +319,39 @@ def test_report_with_overlap_gives_its_matches_and_null():
     report = jaccard_report(CUT_A, CUT_B, trim_whitespace=False, min_overlap=0.65, population_a=10, population_b=12, shared=7)
     assert (report.jaccard, report.common, report.size_a, report.size_b) == (pytest.approx(1 / 3), 1, 2, 2)
     assert report.null == pytest.approx(expected_jaccard(2, 2, 10, 12, 7))
+
+
+# ------------------------------------------------------------ use-weighted Jaccard
+
+
+def test_weighted_jaccard_weighs_matched_atoms_by_their_share_of_use():
+    a = spans((1, 0, 3), (1, 4, 7))
+    b = spans((1, 4, 7), (2, 0, 5))
+    # Shares: a 0.75 / 0.25, b 0.5 / 0.5; the one match (1, 4, 7) gives min(0.25, 0.5).
+    assert weighted_jaccard(a, b, torch.tensor([3, 1]), torch.tensor([1, 1])) == pytest.approx(0.25 / 1.75)
+    assert weighted_jaccard(a, a, torch.tensor([5, 2]), torch.tensor([10, 4])) == pytest.approx(1.0)
+    # A matched atom that is never used counts for nothing.
+    assert weighted_jaccard(a, b, torch.tensor([1, 0]), torch.tensor([1, 1])) == 0.0
+
+
+def test_weighted_jaccard_matches_by_the_same_overlap_rule():
+    uses = torch.tensor([1.0, 1.0])
+    assert weighted_jaccard(CUT_A, CUT_B, uses, uses, trim_whitespace=False) == 0.0
+    assert weighted_jaccard(CUT_A, CUT_B, uses, uses, trim_whitespace=False, min_overlap=0.6) == pytest.approx(1.0)
+    assert weighted_jaccard(CUT_A, CUT_B, uses, uses, trim_whitespace=False, min_overlap=0.65) == pytest.approx(0.5 / 1.5)
+
+
+def test_weighted_jaccard_refuses_uses_that_do_not_fit():
+    with pytest.raises(ValueError, match="one per atom"):
+        weighted_jaccard(CUT_A, CUT_B, torch.ones(3), torch.ones(2))
+    with pytest.raises(ValueError, match=">= 0"):
+        weighted_jaccard(CUT_A, CUT_B, torch.tensor([1.0, -1.0]), torch.ones(2))
+    with pytest.raises(ValueError, match="no atom"):
+        weighted_jaccard(CUT_A, CUT_B, torch.zeros(2), torch.ones(2))
+
+
+def test_atom_uses_counts_tokens_not_slots():
+    indices = torch.tensor([[0, 0, 2], [1, 2, 2]])
+    values = torch.tensor([[1.0, -1.0, 2.0], [1.0, 1.0, 1.0]])
+    # Atom 0's two slots cancel: no use; atom 2 twice in one code counts once.
+    assert atom_uses(indices, values, 4).tolist() == [0, 1, 2, 0]

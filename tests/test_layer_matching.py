@@ -223,6 +223,21 @@ def test_compare_two_seeds(two_seeds, tmp_path):
     assert set(result["summary"]) == set(ALL_MEASURES)
 
 
+def test_weighted_jaccard_weighs_atoms_by_their_use_on_the_shared_rows(two_seeds):
+    from itda_lens.tools.compare import weighted_jaccard
+    from itda_lens.tools.compare.comparison import WEIGHTED_JACCARD, dictionary_uses, shared_token_rows
+
+    a, b = two_seeds
+    found = model_similarities([a, b], [WEIGHTED_JACCARD], by="token", max_tokens=300, include_self=False)[WEIGHTED_JACCARD][("seed0", "seed1")]
+    rows_a, rows_b = shared_token_rows([a, b], max_tokens=300)
+    hook_a, hook_b = "blocks.1.hook_resid_post", "blocks.2.hook_resid_post"
+    uses_a = dictionary_uses(a.dictionaries[hook_a], a.activations[hook_a][rows_a])
+    uses_b = dictionary_uses(b.dictionaries[hook_b], b.activations[hook_b][rows_b])
+    assert int(uses_a.sum()) >= 300 and len(uses_a) == a.dictionaries[hook_a].n_atoms
+    assert float(found[1, 2]) == pytest.approx(weighted_jaccard(a.dictionaries[hook_a], b.dictionaries[hook_b], uses_a, uses_b, by="token"))
+    assert 0.0 < float(found[1, 1]) < 1.0
+
+
 def test_compare_across_two_tokenizers(documents, smollm2_tokenizer, word_tokenizer, two_seeds):
     smol = two_seeds[0]
     words = layers_of(tiny_llama(word_tokenizer, 2), word_tokenizer, documents, "words", record_fraction=0.5)

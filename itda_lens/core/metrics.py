@@ -36,6 +36,13 @@ def merged_codes(
     return indices, summed, first & (summed != 0)
 
 
+def atom_uses(indices: Int[Tensor, "n k"], values: Float[Tensor, "n k"], n_atoms: int) -> Int[Tensor, " n_atoms"]:
+    """How many of the ``n`` tokens' codes use each atom (an atom repeated in a code counts
+    once, and only when its summed coefficient is not zero)."""
+    indices, _, keep = merged_codes(indices, values)
+    return torch.bincount(indices[keep], minlength=n_atoms)
+
+
 class ReconstructionMetrics:
     """Running sums for FVU, MSE, cosine and L0."""
 

@@ -27,6 +27,7 @@ from itda_lens.tools.compare.jaccard import (
     jaccard,
     jaccard_report,
     matched_pairs,
+    weighted_jaccard,
 )
 from itda_lens.tools.compare.layers import depth_targets, jaccard_matrix, matched, matching_accuracy
 from itda_lens.tools.compare.model_layers import ModelLayers, model_layers
@@ -76,4 +77,5 @@ __all__ = [
     "similarity_heatmaps",
     "similarity_matrix",
     "svcca",
+    "weighted_jaccard",
 ]

@@ -2,7 +2,10 @@
 
 Every measure sees the same text. ITDA Jaccard compares the dictionaries built on the
 corpus (atoms matched by provenance, :mod:`itda_lens.tools.compare.jaccard`, exactly or,
-with ``min_overlap < 1``, by overlapping spans). The baselines of
+with ``min_overlap < 1``, by overlapping spans). The use-weighted ITDA Jaccard
+(:func:`~itda_lens.tools.compare.jaccard.weighted_jaccard`, offered beside the paper's)
+weighs each atom by how many of the baselines' occurrences its dictionary's codes use it
+for. The baselines of
 :mod:`itda_lens.tools.compare.similarity` compare activations at the recorded occurrences that
 all the models compared share, lined up by ``align``
 (:mod:`itda_lens.tools.compare.occurrences`): the same document and characters
@@ -22,18 +25,21 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from itda_lens.core.itda import ITDA
+from itda_lens.core.metrics import atom_uses
 from itda_lens.tools.compare import similarity as _sim
 from itda_lens.tools.compare.heatmap import similarity_heatmaps
 from itda_lens.tools.compare.intervals import accuracy_interval, document_counts
 from itda_lens.tools.compare.jaccard import EXACT, KeyMode, atom_keys, built_tokens, check_min_overlap, expected_jaccard, matched_pairs
-from itda_lens.tools.compare.layers import jaccard_matrix, matched
+from itda_lens.tools.compare.layers import jaccard_matrix, matched, weighted_jaccard_matrix
 from itda_lens.tools.compare.model_layers import ModelLayers
 from itda_lens.tools.compare.occurrences import Align, occurrence_keys
 from itda_lens.tools.compare.similarity import MEASURES, similarity_matrix
 
-#: The name of the dictionary measure beside the baselines of ``MEASURES``.
+#: The names of the dictionary measures beside the baselines of ``MEASURES``: the paper's
+#: Jaccard and the use-weighted one.
 JACCARD = "itda_jaccard"
-ALL_MEASURES = (JACCARD, *MEASURES)
+WEIGHTED_JACCARD = "itda_weighted_jaccard"
+ALL_MEASURES = (JACCARD, WEIGHTED_JACCARD, *MEASURES)
 #: Default row budgets of the measures whose cost grows with the square of the tokens.
 MEASURE_TOKENS = {"mutual_knn": 2048}
 
@@ -43,6 +49,12 @@ def _check_measures(measures: Sequence[str]) -> list[str]:
     if unknown:
         raise ValueError(f"unknown measures {unknown}; choose from {list(ALL_MEASURES)}.")
     return list(measures)
+
+
+def dictionary_uses(dictionary: ITDA, x: Float[Tensor, "n d_model"]) -> Int[Tensor, " n_atoms"]:
+    """How many of the activations ``x`` the dictionary's codes use each atom for."""
+    codes = dictionary.encode(x.to(dictionary.atoms.device))
+    return atom_uses(codes.indices.cpu(), codes.values.cpu(), dictionary.n_atoms)
 
 
 def shared_token_rows(models: Sequence[ModelLayers], max_tokens: int | None = None, seed: int = 0, align: Align = "span") -> list[Int[Tensor, " n"]]:
@@ -126,9 +138,15 @@ def model_similarities(
     out: dict[str, dict[tuple[str, str], Tensor]] = {}
     if JACCARD in measures:
         out[JACCARD] = {(a, b): jaccard_matrix(by_name[a].dictionaries, by_name[b].dictionaries, by=by, min_overlap=min_overlap) for a, b in pairs}
-    baselines = [m for m in measures if m != JACCARD]
-    if baselines:
+    baselines = [m for m in measures if m not in (JACCARD, WEIGHTED_JACCARD)]
+    if baselines or WEIGHTED_JACCARD in measures:
         rows = dict(zip(names, shared_token_rows(models, max_tokens, seed, align)))
+    if WEIGHTED_JACCARD in measures:
+        uses = {name: [dictionary_uses(d, by_name[name].activations[hook][rows[name]]) for hook, d in by_name[name].dictionaries.items()] for name in names}
+        out[WEIGHTED_JACCARD] = {
+            (a, b): weighted_jaccard_matrix(by_name[a].dictionaries, by_name[b].dictionaries, uses[a], uses[b], by=by, min_overlap=min_overlap) for a, b in pairs
+        }
+    if baselines:
         budgets = {**MEASURE_TOKENS, **(measure_tokens or {})}
         for measure in baselines:
             activations = {

@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from itda_lens.core.itda import ITDA
@@ -94,33 +95,41 @@ def atom_keys(value: HasProvenance, by: KeyMode = "span", trim_whitespace: bool 
 
     Atoms of unknown document are left out; a dictionary with none known is an error.
     """
+    return {key for key in atom_key_list(value, by, trim_whitespace) if key is not None}
+
+
+def atom_key_list(value: HasProvenance, by: KeyMode = "span", trim_whitespace: bool = True) -> list[tuple[int, int, int] | None]:
+    """:func:`atom_keys` atom by atom, in the dictionary's order (``None``: unknown document)."""
     provenance = _provenance(value)
-    known = int((provenance.doc != -1).sum())
-    if known == 0:
+    known = provenance.doc != -1
+    if not bool(known.any()):
         raise ValueError(
             "the dictionary records no provenance (no atom has a known document), so its atoms "
             "cannot be matched to another's; build it with itda_lens.core.build to get provenance."
         )
     if by == "token":
-        if bool((provenance.token_index[provenance.doc != -1] < 0).any()):
+        if bool((provenance.token_index[known] < 0).any()):
             raise ValueError("some atoms have no token index; compare them with by='span'.")
-        return provenance.keys(by="token")
-    if by != "span":
+        columns = (provenance.doc, provenance.token_index, torch.zeros_like(provenance.doc))
+    elif by == "span":
+        columns = (provenance.doc, provenance.char_start, provenance.char_end)
+    else:
         raise ValueError(f"by must be 'span' or 'token', got {by!r}.")
-    if not trim_whitespace:
-        return provenance.keys(by="span")
-    keys = set()
-    columns = (provenance.doc, provenance.char_start, provenance.char_end)
-    for (doc, start, end), text in zip(zip(*(c.tolist() for c in columns)), provenance.token):
+    n = len(provenance.doc)
+    # Token texts are only read to trim spans; a provenance may record none.
+    texts = provenance.token if by == "span" and trim_whitespace and len(provenance.token) == n else [""] * n
+    keys: list[tuple[int, int, int] | None] = []
+    for (doc, start, end), text in zip(zip(*(c.tolist() for c in columns)), texts):
         if doc == -1:
+            keys.append(None)
             continue
-        if start < 0 or end < 0:
-            raise ValueError("some atoms have no character span; compare them with by='token'.")
-        stripped = text.strip()
-        if stripped and len(text) == end - start:
-            start += len(text) - len(text.lstrip())
-            end -= len(text) - len(text.rstrip())
-        keys.add((doc, start, end))
+        if by == "span":
+            if start < 0 or end < 0:
+                raise ValueError("some atoms have no character span; compare them with by='token'.")
+            if text.strip() and len(text) == end - start:
+                start += len(text) - len(text.lstrip())
+                end -= len(text) - len(text.rstrip())
+        keys.append((doc, start, end))
     return keys
 
 
@@ -181,6 +190,49 @@ def jaccard(a: HasProvenance, b: HasProvenance, by: KeyMode = "span", trim_white
     keys_a, keys_b = atom_keys(a, by, trim_whitespace), atom_keys(b, by, trim_whitespace)
     common = len(matched_pairs(keys_a, keys_b, min_overlap))
     return common / (len(keys_a) + len(keys_b) - common)
+
+
+def weighted_jaccard(
+    a: HasProvenance,
+    b: HasProvenance,
+    uses_a: Float[Tensor, " n_atoms_a"],
+    uses_b: Float[Tensor, " n_atoms_b"],
+    by: KeyMode = "span",
+    trim_whitespace: bool = True,
+    min_overlap: float = EXACT,
+) -> float:
+    """The use-weighted Jaccard of two dictionaries, offered beside the paper's :func:`jaccard`.
+
+    Each atom weighs its share of its dictionary's uses (``uses_a[i]``: how often atom ``i``
+    of ``a`` is used on some text, e.g. :func:`~itda_lens.core.metrics.atom_uses` of codes
+    of the text both models read); the result is the weighted (Ruzicka) Jaccard of the two
+    distributions over occurrences, ``s / (2 - s)`` with ``s`` the sum over matched pairs
+    (the same rule as :func:`jaccard`) of the smaller share. It is 1 when both
+    dictionaries put the same share of use on the same occurrences, 0 when no used atom
+    matches. Atoms of unknown document are left out.
+    """
+    check_same_doc_kind([a, b])
+    check_min_overlap(min_overlap, by)
+    shares = []
+    for value, uses in ((a, uses_a), (b, uses_b)):
+        keys = atom_key_list(value, by, trim_whitespace)
+        uses = torch.as_tensor(uses, dtype=torch.float64).flatten()
+        if len(uses) != len(keys):
+            raise ValueError(f"uses holds {len(uses)} values but the dictionary has {len(keys)} atoms; give one per atom.")
+        if not bool(torch.isfinite(uses).all()) or bool((uses < 0).any()):
+            raise ValueError("uses must be finite and >= 0 (counts or total |coefficients| per atom).")
+        share: dict[Key, float] = {}
+        for key, use in zip(keys, uses.tolist()):
+            if key is not None:
+                share[key] = share.get(key, 0.0) + use
+        total = sum(share.values())
+        if total <= 0:
+            raise ValueError("no atom of known document is used: encode text the dictionary was built on, or more of it.")
+        shares.append({key: use / total for key, use in share.items()})
+    share_a, share_b = shares
+    pairs = matched_pairs({k for k, v in share_a.items() if v > 0}, {k for k, v in share_b.items() if v > 0}, min_overlap)
+    common = sum(min(share_a[x], share_b[y]) for x, y in pairs)
+    return common / (2.0 - common)
 
 
 def _log_choose(n: Tensor, k: Tensor) -> Tensor:

@@ -24,7 +24,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from itda_lens.core.itda import ITDA
-from itda_lens.tools.compare.jaccard import EXACT, KeyMode, atom_keys, check_min_overlap, check_same_doc_kind, matched_pairs
+from itda_lens.tools.compare.jaccard import EXACT, KeyMode, atom_keys, check_min_overlap, check_same_doc_kind, matched_pairs, weighted_jaccard
 
 PairKey = tuple[str, str]
 
@@ -48,6 +48,25 @@ def jaccard_matrix(
         for j, kb in enumerate(keys_b):
             common = len(matched_pairs(ka, kb, min_overlap))
             out[i, j] = common / (len(ka) + len(kb) - common)
+    return out
+
+
+def weighted_jaccard_matrix(
+    dictionaries_a: Mapping[str, ITDA] | Sequence[ITDA],
+    dictionaries_b: Mapping[str, ITDA] | Sequence[ITDA],
+    uses_a: Sequence[Tensor],
+    uses_b: Sequence[Tensor],
+    by: KeyMode = "span",
+    min_overlap: float = EXACT,
+) -> Float[Tensor, "layers_a layers_b"]:
+    """:func:`~itda_lens.tools.compare.jaccard.weighted_jaccard` of every dictionary of
+    ``a`` with every dictionary of ``b``, ``uses_*`` holding each dictionary's uses in the
+    same order (float64)."""
+    values_a, values_b = _values(dictionaries_a), _values(dictionaries_b)
+    out = torch.empty(len(values_a), len(values_b), dtype=torch.float64)
+    for i, (a, ua) in enumerate(zip(values_a, uses_a, strict=True)):
+        for j, (b, ub) in enumerate(zip(values_b, uses_b, strict=True)):
+            out[i, j] = weighted_jaccard(a, b, ua, ub, by=by, min_overlap=min_overlap)
     return out
 
 
