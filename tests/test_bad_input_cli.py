@@ -139,6 +139,9 @@ def _cases(p: dict[str, Path], out: Path) -> dict[str, tuple[list[str], list[str
         "compare --k 0": (saved + ["--k", "0"], ["--k"]),
         "compare --threshold 2": (saved + ["--threshold", "2"], ["--threshold"]),
         "compare --max-atoms < --k": (saved + ["--max-atoms", "2", "--k", "3"], ["--max-atoms"]),
+        "compare --min-overlap 0.4": (saved + ["--min-overlap", "0.4"], ["--min-overlap", "(0.5, 1]"]),
+        "compare --min-overlap < 1 with --by token": (saved + ["--min-overlap", "0.6", "--by", "token"], ["--min-overlap", "--by span"]),
+        "compare --measures unknown": (saved + ["--measures", "cka"], ["--measures", "itda_weighted_jaccard"]),
         # output folders and files, checked before any model is loaded
         "train --out is a file": (["train", "--hook", HOOK, "--out", str(p["file"])], ["is a file"]),
         "train --out parent missing": (["train", "--hook", HOOK, "--out", str(out / "no" / "such")], ["does not exist", "create it"]),

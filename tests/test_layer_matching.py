@@ -350,7 +350,7 @@ def test_compare_command_across_tokenizers_prints_matrix_and_interval(smollm2_to
     printed = capsys.readouterr().out
     assert "overlap over union >= 0.6" in printed and "95% interval over documents" in printed
     assert len(result["similarity"][JACCARD][0]) == 3 and f"{result['similarity'][JACCARD][1][2]:.3f}/" in printed
-    with pytest.raises(ValueError, match="min_overlap"):
+    with pytest.raises(ValueError, match="--min-overlap"):
         run_compare(compare_args("--dictionaries-a", "x", "--dictionaries-b", "y", "--min-overlap", "0.4", "--out", str(tmp_path / "o")))
 
 

@@ -59,7 +59,6 @@ def run_compare(args: argparse.Namespace) -> dict:
     """Run ``itda-lens compare``; returns the JSON-able comparison (also written to
     ``--out/comparison.json``)."""
     from itda_lens.tools.compare.comparison import compare_dictionaries, compare_models
-    from itda_lens.tools.compare.jaccard import check_min_overlap
     from itda_lens.tools.options import check_out_folder, text_documents
 
     with_models = args.model_a is not None or args.model_b is not None
@@ -70,7 +69,10 @@ def run_compare(args: argparse.Namespace) -> dict:
         raise ValueError("give both --dictionaries-a and --dictionaries-b.")
     if with_models and (args.model_a is None or args.model_b is None):
         raise ValueError("give both --model-a and --model-b.")
-    check_min_overlap(args.min_overlap, args.by)
+    if not 0.5 < args.min_overlap <= 1.0:
+        raise ValueError(f"--min-overlap must lie in (0.5, 1] (above one half the matching is one-to-one), got {args.min_overlap}.")
+    if args.by == "token" and args.min_overlap < 1.0:
+        raise ValueError("--min-overlap below 1 needs --by span (token indices have no overlap).")
     check_out_folder(args.out)
     heatmap = args.out / "similarity.png"
     if with_saved:
