@@ -127,11 +127,14 @@ class Provenance:
         ``by="span"`` keys by (document, character span), which does not depend on the
         tokenizer; ``by="token"`` by (document, token index), as in the ITDA paper.
         """
-        known = self.doc != -1
+        return {key for key in self.key_list(by) if key is not None}
+
+    def key_list(self, by: str = "span") -> list[tuple[int, int, int] | None]:
+        """:meth:`keys` record by record, in order (``None``: unknown document)."""
         if by == "span":
-            cols = (self.doc[known], self.char_start[known], self.char_end[known])
+            cols = (self.doc, self.char_start, self.char_end)
         elif by == "token":
-            cols = (self.doc[known], self.token_index[known], torch.zeros_like(self.doc[known]))
+            cols = (self.doc, self.token_index, torch.zeros_like(self.doc))
         else:
             raise ValueError(f"by must be 'span' or 'token', got {by!r}.")
-        return set(zip(*(c.tolist() for c in cols)))
+        return [key if key[0] != -1 else None for key in zip(*(c.tolist() for c in cols))]

@@ -107,29 +107,19 @@ def atom_key_list(value: HasProvenance, by: KeyMode = "span", trim_whitespace: b
             "the dictionary records no provenance (no atom has a known document), so its atoms "
             "cannot be matched to another's; build it with itda_lens.core.build to get provenance."
         )
+    if by == "token" and bool((provenance.token_index[known] < 0).any()):
+        raise ValueError("some atoms have no token index; compare them with by='span'.")
+    keys = provenance.key_list(by)
     if by == "token":
-        if bool((provenance.token_index[known] < 0).any()):
-            raise ValueError("some atoms have no token index; compare them with by='span'.")
-        columns = (provenance.doc, provenance.token_index, torch.zeros_like(provenance.doc))
-    elif by == "span":
-        columns = (provenance.doc, provenance.char_start, provenance.char_end)
-    else:
-        raise ValueError(f"by must be 'span' or 'token', got {by!r}.")
-    n = len(provenance.doc)
-    # Token texts are only read to trim spans; a provenance may record none.
-    texts = provenance.token if by == "span" and trim_whitespace and len(provenance.token) == n else [""] * n
-    keys: list[tuple[int, int, int] | None] = []
-    for (doc, start, end), text in zip(zip(*(c.tolist() for c in columns)), texts):
-        if doc == -1:
-            keys.append(None)
-            continue
-        if by == "span":
-            if start < 0 or end < 0:
-                raise ValueError("some atoms have no character span; compare them with by='token'.")
-            if text.strip() and len(text) == end - start:
-                start += len(text) - len(text.lstrip())
-                end -= len(text) - len(text.rstrip())
-        keys.append((doc, start, end))
+        return keys
+    if bool(((provenance.char_start[known] < 0) | (provenance.char_end[known] < 0)).any()):
+        raise ValueError("some atoms have no character span; compare them with by='token'.")
+    if not trim_whitespace or len(provenance.token) != len(keys):  # a provenance may record no token texts
+        return keys
+    for i, (key, text) in enumerate(zip(keys, provenance.token)):
+        if key is not None and text.strip() and len(text) == key[2] - key[1]:
+            doc, start, end = key
+            keys[i] = (doc, start + len(text) - len(text.lstrip()), end - len(text) + len(text.rstrip()))
     return keys
 
 
@@ -213,25 +203,30 @@ def weighted_jaccard(
     """
     check_same_doc_kind([a, b])
     check_min_overlap(min_overlap, by)
-    shares = []
-    for value, uses in ((a, uses_a), (b, uses_b)):
-        keys = atom_key_list(value, by, trim_whitespace)
-        uses = torch.as_tensor(uses, dtype=torch.float64).flatten()
-        if len(uses) != len(keys):
-            raise ValueError(f"uses holds {len(uses)} values but the dictionary has {len(keys)} atoms; give one per atom.")
-        if not bool(torch.isfinite(uses).all()) or bool((uses < 0).any()):
-            raise ValueError("uses must be finite and >= 0 (counts or total |coefficients| per atom).")
-        share: dict[Key, float] = {}
-        for key, use in zip(keys, uses.tolist()):
-            if key is not None:
-                share[key] = share.get(key, 0.0) + use
-        total = sum(share.values())
-        if total <= 0:
-            raise ValueError("no atom of known document is used: encode text the dictionary was built on, or more of it.")
-        shares.append({key: use / total for key, use in share.items()})
-    share_a, share_b = shares
-    pairs = matched_pairs({k for k, v in share_a.items() if v > 0}, {k for k, v in share_b.items() if v > 0}, min_overlap)
-    common = sum(min(share_a[x], share_b[y]) for x, y in pairs)
+    return shares_jaccard(use_shares(a, uses_a, by, trim_whitespace), use_shares(b, uses_b, by, trim_whitespace), min_overlap)
+
+
+def use_shares(value: HasProvenance, uses: Float[Tensor, " n_atoms"], by: KeyMode = "span", trim_whitespace: bool = True) -> dict[Key, float]:
+    """Each used atom occurrence's share of the dictionary's ``uses`` (see :func:`weighted_jaccard`)."""
+    keys = atom_key_list(value, by, trim_whitespace)
+    uses = torch.as_tensor(uses, dtype=torch.float64).flatten()
+    if len(uses) != len(keys):
+        raise ValueError(f"uses holds {len(uses)} values but the dictionary has {len(keys)} atoms; give one per atom.")
+    if not bool(torch.isfinite(uses).all()) or bool((uses < 0).any()):
+        raise ValueError("uses must be finite and >= 0 (counts or total |coefficients| per atom).")
+    share: dict[Key, float] = {}
+    for key, use in zip(keys, uses.tolist()):
+        if key is not None and use > 0:
+            share[key] = share.get(key, 0.0) + use
+    total = sum(share.values())
+    if total <= 0:
+        raise ValueError("no atom of known document is used: encode text the dictionary was built on, or more of it.")
+    return {key: use / total for key, use in share.items()}
+
+
+def shares_jaccard(share_a: dict[Key, float], share_b: dict[Key, float], min_overlap: float = EXACT) -> float:
+    """:func:`weighted_jaccard` of two dictionaries' :func:`use_shares`."""
+    common = sum(min(share_a[x], share_b[y]) for x, y in matched_pairs(set(share_a), set(share_b), min_overlap))
     return common / (2.0 - common)
 
 

@@ -24,7 +24,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from itda_lens.core.itda import ITDA
-from itda_lens.tools.compare.jaccard import EXACT, KeyMode, atom_keys, check_min_overlap, check_same_doc_kind, matched_pairs, weighted_jaccard
+from itda_lens.tools.compare.jaccard import EXACT, KeyMode, atom_keys, check_min_overlap, check_same_doc_kind, matched_pairs, shares_jaccard, use_shares
 
 PairKey = tuple[str, str]
 
@@ -63,10 +63,14 @@ def weighted_jaccard_matrix(
     ``a`` with every dictionary of ``b``, ``uses_*`` holding each dictionary's uses in the
     same order (float64)."""
     values_a, values_b = _values(dictionaries_a), _values(dictionaries_b)
-    out = torch.empty(len(values_a), len(values_b), dtype=torch.float64)
-    for i, (a, ua) in enumerate(zip(values_a, uses_a, strict=True)):
-        for j, (b, ub) in enumerate(zip(values_b, uses_b, strict=True)):
-            out[i, j] = weighted_jaccard(a, b, ua, ub, by=by, min_overlap=min_overlap)
+    check_same_doc_kind(values_a + values_b)
+    check_min_overlap(min_overlap, by)
+    shares_a = [use_shares(d, uses, by) for d, uses in zip(values_a, uses_a, strict=True)]
+    shares_b = [use_shares(d, uses, by) for d, uses in zip(values_b, uses_b, strict=True)]
+    out = torch.empty(len(shares_a), len(shares_b), dtype=torch.float64)
+    for i, sa in enumerate(shares_a):
+        for j, sb in enumerate(shares_b):
+            out[i, j] = shares_jaccard(sa, sb, min_overlap)
     return out
 
 
