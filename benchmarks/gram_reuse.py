@@ -39,8 +39,7 @@ from tqdm.auto import tqdm
 
 from itda_lens import ITDA, BuildSettings
 from itda_lens.core.build import DictionaryBuilder
-from itda_lens.core.gram_rows import GRAM_BYTES
-from itda_lens.core.pursuit_blocks import padded_width
+from itda_lens.core.gram_rows import GRAM_BYTES, rows_within
 
 
 def main() -> None:
@@ -76,7 +75,7 @@ def main() -> None:
         uses = torch.bincount(chosen.flatten(), minlength=n_atoms)
         rankings = {"warm": torch.bincount(itda.encode(warm_x).indices.flatten(), minlength=n_atoms), "oracle": uses}
         for gib in args.gram_gib:
-            held = min(n_atoms, int(gib * 2**30) // (4 * padded_width(n_atoms)))
+            held = rows_within(int(gib * 2**30), n_atoms)
             cover, ceiling = [], []
             for ranking in rankings.values():
                 top = torch.zeros(n_atoms, dtype=torch.bool)

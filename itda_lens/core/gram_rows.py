@@ -37,6 +37,12 @@ MIN_ROWS = 16
 STORE_ROWS = 1024
 
 
+def rows_within(budget_bytes: int, n_atoms: int, element_size: int = 4) -> int:
+    """Gram rows of ``n_atoms`` atoms (each :func:`~itda_lens.core.pursuit_blocks.padded_width`
+    values of ``element_size`` bytes) that ``budget_bytes`` holds, at most ``n_atoms``."""
+    return min(budget_bytes // (padded_width(n_atoms) * element_size), n_atoms)
+
+
 def products(a: Float[Tensor, "m d_model"], b: Float[Tensor, "n d_model"]) -> Float[Tensor, "m n"]:
     """``a @ b.T``, computed with both sides padded to :data:`MIN_ROWS` rows."""
     short_a, short_b = MIN_ROWS - len(a), MIN_ROWS - len(b)
@@ -82,15 +88,14 @@ class GramRows:
     def _allocate(self, room: int) -> None:
         """A new buffer with columns for ``room`` atoms, holding every row when they
         all fit, else none yet."""
-        columns = padded_width(room)
-        row_bytes = columns * self.atoms.element_size()
-        if self.budget_bytes < row_bytes:
+        capacity = rows_within(self.budget_bytes, room, self.atoms.element_size())
+        if capacity == 0:
             raise ValueError(
-                f"a Gram budget of {self.budget_bytes} bytes holds no row for {room} atoms; give at least {row_bytes} bytes, or 0 for dense matching pursuit."
+                f"a Gram budget of {self.budget_bytes} bytes holds no row for {room} atoms; "
+                f"give at least {padded_width(room) * self.atoms.element_size()} bytes, or 0 for dense matching pursuit."
             )
         self.room = room
-        capacity = min(self.budget_bytes // row_bytes, room)
-        self.buffer = self.atoms.new_zeros(capacity, columns)
+        self.buffer = self.atoms.new_zeros(capacity, padded_width(room))
         self.slot = torch.full((self.n_atoms,), -1, dtype=torch.long, device=self.atoms.device)
         self.atom_of = torch.full((capacity,), -1, dtype=torch.long, device=self.atoms.device)
         self.n_held = 0
