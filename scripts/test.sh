@@ -9,9 +9,5 @@ bash scripts/setup.sh
 SUFFIX=""
 if [ "${ITDA_LENS_VERSIONS:-tested}" = latest ]; then SUFFIX="-latest"; fi
 ".venv$SUFFIX/bin/ruff" check itda_lens tests benchmarks
-".venv$SUFFIX/bin/python" -m pytest -q tests --ignore=tests/test_nnsight_build.py "$@"
-# In one process after tests/test_nnsight.py's retry tests, serialising a server-build session
-# fails inside nnsight ("Could not find function '__call__' in compiled source"; not yet
-# understood), so the server-build tests run in a process of their own.
-".venv$SUFFIX/bin/python" -m pytest -q tests/test_nnsight_build.py "$@"
+".venv$SUFFIX/bin/python" -m pytest -q tests "$@"
 ".venv-tl3$SUFFIX/bin/python" -m pytest -q -m tl3 tests/test_transformer_lens.py tests/test_saelens.py tests/test_generation.py tests/test_evaluate_continued.py "$@"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.abc
 import io
+import linecache
 import sys
 from contextlib import contextmanager
 
@@ -64,13 +65,28 @@ def server_environment():
 class ServerSimulation(Backend):
     """Serialises the request as nnsight's NDIF client does, deserialises and runs it in
     :func:`server_environment` (the deserialised code and objects, not the caller's), and
-    hands the saved values back through ``torch.save``."""
+    hands the saved values back through ``torch.save``.
+
+    Deserialising registers the traced block's source in ``linecache`` under the caller's
+    file name. A real server does that in another process; here it would replace the
+    file's lines, and the next request serialising a function of that file by value
+    would read the block instead, so the entry is put back afterwards."""
 
     def __init__(self, model):
         self.model = model
         self.request_bytes = None
 
     def __call__(self, tracer):
+        filename = tracer.info.frame.f_code.co_filename
+        lines = linecache.cache.get(filename)
+        try:
+            self._serve(tracer)
+        finally:
+            linecache.cache.pop(filename, None)
+            if lines is not None:
+                linecache.cache[filename] = lines
+
+    def _serve(self, tracer):
         from nnsight.ndif import pull_env
         from nnsight.schema.request import RequestModel
         from nnsight.tracing.util import push

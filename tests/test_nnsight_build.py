@@ -5,7 +5,6 @@ client builds from the same tokens, resumes after a failed session, and keeps to
 from __future__ import annotations
 
 import json
-import linecache
 
 import pytest
 import torch
@@ -28,22 +27,6 @@ TOKENS = 1000  # 4 batches of 4 x 64
 
 def _batches(tokenizer, wikitext, tokens):
     return token_batches(select_split(file_documents(wikitext), "train"), tokenizer, 64, 4, tokens)
-
-
-class Server(ServerSimulation):
-    """The simulated NDIF server, leaving the caller's source lines as they were (a real
-    server deserialises in another process; here it would clobber the entry in linecache
-    of the file that opened the session, which serialising the next session reads)."""
-
-    def __call__(self, tracer):
-        filename = tracer.info.frame.f_code.co_filename
-        lines = linecache.cache.get(filename)
-        try:
-            return super().__call__(tracer)
-        finally:
-            linecache.cache.pop(filename, None)
-            if lines is not None:
-                linecache.cache[filename] = lines
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +54,7 @@ def _same_build(built, reference):
 
 @pytest.mark.parametrize("mode", ["local", "server"])
 def test_server_build_equals_client_build(lm, client_built, tokenizer, wikitext, mode):
-    backend = Server(lm) if mode == "server" else None
+    backend = ServerSimulation(lm) if mode == "server" else None
     grower = ServerBuilder(lm, MODULES, NAME, remote="local", sessions=SessionSettings(session_batches=2), backend=backend)
     built = build(grower, _batches(tokenizer, wikitext, tokens=TOKENS), **BUILD)
     _same_build(built, client_built)
