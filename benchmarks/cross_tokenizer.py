@@ -57,10 +57,10 @@ from tiny_lm import Sequences, TinyLMConfig, add_training_options, bridge, heldo
 from itda_lens.core.activations import TransformerLensSource
 from itda_lens.core.config import BuildSettings
 from itda_lens.core.text import file_documents, select_split, token_batches
-from itda_lens.tools.compare.comparison import ALL_MEASURES, JACCARD, jaccard_null_matrix, model_similarities
+from itda_lens.tools.compare.comparison import ALL_MEASURES, JACCARD, RARITY_JACCARD, jaccard_null_matrix, model_similarities
 from itda_lens.tools.compare.heatmap import similarity_heatmaps
 from itda_lens.tools.compare.intervals import accuracy_interval, document_counts
-from itda_lens.tools.compare.jaccard import atom_keys, matched_pairs
+from itda_lens.tools.compare.jaccard import RARITY_POWER, atom_keys, matched_pairs
 from itda_lens.tools.compare.layers import depth_targets
 from itda_lens.tools.compare.model_layers import model_layers
 
@@ -156,9 +156,20 @@ def main(argv: list[str] | None = None) -> dict:
         overlap: {(a, b): document_counts(list(by_name[a].dictionaries.values()), list(by_name[b].dictionaries.values()), "span", overlap, docs) for a, b in pairs}
         for overlap in overlaps
     }
-    baselines = [m for m in args.measures if m != JACCARD]
+    rarity_counts = {}
+    if RARITY_JACCARD in args.measures:
+        rarity_counts = {
+            (a, b): document_counts(
+                list(by_name[a].dictionaries.values()), list(by_name[b].dictionaries.values()), "span", args.min_overlap, docs, rarity_power=RARITY_POWER
+            )
+            for a, b in pairs
+        }
+    baselines = [m for m in args.measures if m not in (JACCARD, RARITY_JACCARD)]
     matrices = model_similarities(models, baselines, max_tokens=args.baseline_tokens, include_self=True, min_overlap=args.min_overlap, align=args.align) if baselines else {}
     matrices[JACCARD] = {pair: c.jaccard()[0] for pair, c in counts[args.min_overlap].items()}
+    if rarity_counts:
+        matrices[RARITY_JACCARD] = {pair: c.jaccard()[0] for pair, c in rarity_counts.items()}
+    dictionary_measures = [m for m in (JACCARD, RARITY_JACCARD) if m in matrices]
     seconds["measures"] = time.perf_counter() - t0
 
     same = [(a, b) for a, b in pairs if group[a] == group[b]]
@@ -168,8 +179,9 @@ def main(argv: list[str] | None = None) -> dict:
     def interval(measure: str, subset: list, include_self: bool, overlap: float = args.min_overlap):
         if not include_self and all(a == b for a, b in subset):
             return "-"
-        if measure == JACCARD:
-            return accuracy_interval(counts={p: counts[overlap][p] for p in subset}, include_self=include_self, **draws)
+        if measure in dictionary_measures:
+            found = counts[overlap] if measure == JACCARD else rarity_counts
+            return accuracy_interval(counts={p: found[p] for p in subset}, include_self=include_self, **draws)
         return accuracy_interval({p: matrices[measure][p] for p in subset}, include_self=include_self, resample="models", **draws)
 
     n = len(names)
@@ -178,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
     header = f"{'measure':<22} {'same tokenizer, cross-model':>28} {'same tokenizer, with self':>28} {'cross-tokenizer':>28}"
     print(header)
     table = {}
-    for measure in [JACCARD, *baselines]:
+    for measure in [*dictionary_measures, *baselines]:
         row = {"same_cross_model": interval(measure, same, False), "same_with_self": interval(measure, same, True), "cross_tokenizer": interval(measure, cross, False)}
         table[measure] = row
         print(f"{measure:<22} {row['same_cross_model']!s:>28} {row['same_with_self']!s:>28} {row['cross_tokenizer']!s:>28}", flush=True)
@@ -213,8 +225,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     a, b = max(cross, key=lambda pair: abs(len(by_name[pair[0]].hooks) - len(by_name[pair[1]].hooks)))
     heatmap = similarity_heatmaps(
-        {m: matrices[m][(a, b)] for m in [JACCARD, *baselines]}, args.out / "cross_tokenizer.png", name_a=a, name_b=b,
-        titles={m: f"{m}: {table[m]['cross_tokenizer'].value:.2f} cross-tok." for m in [JACCARD, *baselines]},
+        {m: matrices[m][(a, b)] for m in [*dictionary_measures, *baselines]}, args.out / "cross_tokenizer.png", name_a=a, name_b=b,
+        titles={m: f"{m}: {table[m]['cross_tokenizer'].value:.2f} cross-tok." for m in [*dictionary_measures, *baselines]},
     )
     total = time.perf_counter() - start
     print(f"\ntime: training/loading {seconds['train']:.0f} s, dictionaries+activations {seconds['build']:.0f} s, measures {seconds['measures']:.0f} s; total {total:.0f} s")

@@ -15,8 +15,9 @@ ITDA Jaccard, the documents too: ``itda_lens.tools.compare.intervals``), the pap
 whole-model Jaccard (atoms of every layer together), the Jaccard at matched depth beside
 its null, and writes a heatmap PNG (mean cross-seed matrix per measure) and a JSON file with every matrix.
 
-The ITDA settings (``--k``, ``--threshold``, ``--max-atoms``) were chosen on pilot
-models (seeds 0-3, 400 training steps); the default run uses other seeds
+The ITDA settings (``--k``, ``--threshold``, ``--max-atoms``) and the power of the
+rarity-weighted Jaccard were chosen on pilot models (seeds 0-3, 400 training steps:
+``--first-seed 0 --seeds 4 --steps 400``); the default run uses other seeds
 (``--first-seed 10``). Baselines use the defaults of :mod:`itda_lens.tools.compare.similarity`.
 Trained models are kept in ``--models-dir`` and loaded on later runs.
 
@@ -53,13 +54,14 @@ from itda_lens.core.text import file_documents, select_split, token_batches
 from itda_lens.tools.compare.comparison import (
     ALL_MEASURES,
     JACCARD,
+    RARITY_JACCARD,
     jaccard_null_matrix,
     model_similarities,
 )
 from itda_lens.tools.compare.heatmap import similarity_heatmaps
 from itda_lens.tools.compare.intervals import accuracy_interval, document_counts
-from itda_lens.tools.compare.jaccard import atom_keys
-from itda_lens.tools.compare.layers import jaccard_matrix, ordered_pairs
+from itda_lens.tools.compare.jaccard import RARITY_POWER, atom_keys
+from itda_lens.tools.compare.layers import jaccard_matrix, matched, ordered_pairs
 from itda_lens.tools.compare.model_layers import model_layers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,6 +98,10 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     measures.add_argument("--baseline-tokens", type=int, default=8192, help="tokens the baselines see (mutual kNN: 2048; RBF CKA: its 2048 subsample)")
     measures.add_argument("--measures", nargs="+", default=list(ALL_MEASURES), choices=list(ALL_MEASURES))
     measures.add_argument("--draws", type=int, default=1000, help="bootstrap draws")
+    measures.add_argument(
+        "--rarity-powers", type=float, nargs="*", default=[0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 8.0],
+        help=f"powers of the rarity-weighted ITDA Jaccard to print accuracies for (the measure itself uses {RARITY_POWER}; 0 is the paper's Jaccard)",
+    )
     measures.add_argument(
         "--record-fraction", type=float, default=None,
         help="share of the build tokens whose activations are kept for the baselines (default: all while they fit in 256 MiB per model)",
@@ -169,14 +175,18 @@ def main(argv: list[str] | None = None) -> dict:
         # Identical but for the few characters a byte-level tokenizer splits into two tokens (one span).
         print(f"ITDA Jaccard by {other} instead of by {args.by}: largest difference {gap:.1e}")
 
-    counts = {}
-    if JACCARD in args.measures:
-        docs = sorted({key[0] for m in models for d in m.dictionaries.values() for key in atom_keys(d, args.by)})
-        counts = {pair: document_counts(list(by_name[pair[0]].dictionaries.values()), list(by_name[pair[1]].dictionaries.values()), args.by, docs=docs) for pair in matrices[JACCARD]}
+    # Per document counts of the dictionary measures, so that their intervals redraw documents too.
+    docs = sorted({key[0] for m in models for d in m.dictionaries.values() for key in atom_keys(d, args.by)})
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i:]]
+
+    def counts_at(power: float) -> dict:
+        return {(a, b): document_counts(list(by_name[a].dictionaries.values()), list(by_name[b].dictionaries.values()), args.by, docs=docs, rarity_power=power) for a, b in pairs}
+
+    counts = {measure: counts_at(power) for measure, power in ((JACCARD, 0.0), (RARITY_JACCARD, RARITY_POWER)) if measure in args.measures}
 
     def interval(measure: str, include_self: bool):
-        if measure == JACCARD:
-            return accuracy_interval(counts=counts, include_self=include_self, draws=args.draws)
+        if measure in counts:
+            return accuracy_interval(counts=counts[measure], include_self=include_self, draws=args.draws)
         return accuracy_interval(matrices[measure], include_self=include_self, resample="models", draws=args.draws)
 
     rows = [(m, interval(m, False), interval(m, True)) for m in args.measures]
@@ -186,6 +196,18 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'measure':<22} {'cross-model':>24} {'with self-pairs':>24}")
     for measure, cross, with_self in rows:
         print(f"{measure:<22} {cross!s:>24} {with_self!s:>24}")
+    print(f"\ncross-model accuracy per layer (layers 0-{args.layers - 1}):")
+    per_layer = {}
+    for measure in args.measures:
+        per_layer[measure] = torch.stack([matched(s) for s in ordered_pairs(matrices[measure], include_self=False).values()]).mean(0).tolist()
+        print(f"  {measure:<22} " + " ".join(f"{v:.2f}" for v in per_layer[measure]))
+    by_power = {}
+    if args.rarity_powers:
+        print(f"\nrarity-weighted ITDA Jaccard by power (atoms weigh n ** -power, n: the model's layers holding the occurrence; the measure uses {RARITY_POWER}):")
+        for power in args.rarity_powers:
+            at_power = counts_at(power)
+            by_power[power] = [accuracy_interval(counts=at_power, include_self=s, draws=args.draws) for s in (False, True)]
+            print(f"  power {power:<4g} {by_power[power][0]!s:>24} {by_power[power][1]!s:>24}")
     if JACCARD in args.measures:
         unions = {name: set().union(*(atom_keys(d, args.by) for d in m.dictionaries.values())) for name, m in by_name.items()}
         whole = [len(unions[a] & unions[b]) / len(unions[a] | unions[b]) for i, a in enumerate(names) for b in names[i + 1 :]]
@@ -204,6 +226,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "accuracy": {m: {"cross_model": c.to_dict(), "with_self_pairs": s.to_dict()} for m, c, s in rows},
+        "per_layer_cross_model": per_layer,
+        "rarity_powers": {str(p): {"cross_model": c.to_dict(), "with_self_pairs": s.to_dict()} for p, (c, s) in by_power.items()},
         "matrices": {m: {f"{a}|{b}": s.tolist() for (a, b), s in matrices[m].items()} for m in args.measures},
         "jaccard_null": {f"{a}|{b}": s.tolist() for (a, b), s in nulls.items()},
         "seconds": {**seconds, "total": total},

@@ -16,6 +16,7 @@ from itda_lens.core.text import file_documents, token_batches
 from itda_lens.tools.compare import (
     ALL_MEASURES,
     JACCARD,
+    RARITY_JACCARD,
     compare_dictionaries,
     compare_models,
     expected_jaccard,
@@ -27,6 +28,9 @@ from itda_lens.tools.compare import (
     matching_accuracy,
     model_layers,
     model_similarities,
+    rarity_jaccard_matrix,
+    rarity_weights,
+    ruzicka,
 )
 from itda_lens.tools.compare.intervals import accuracy_interval, document_counts
 from itda_lens.tools.compare.layers import depth_targets, ordered_pairs
@@ -116,6 +120,43 @@ def test_document_counts_give_the_jaccard_and_redraw_documents():
     found = accuracy_interval(counts={("a", "b"): counts}, resample="documents", draws=200)
     assert found.value == pytest.approx(matching_accuracy({("a", "b"): counts.jaccard()[0]}))
     assert 0.0 <= found.low <= found.value <= found.high <= 1.0
+
+
+def hand_dictionary(*keys) -> ITDA:
+    """A dictionary of random atoms at hand-made ``(doc, start, end)`` spans."""
+    doc, start, end = (torch.tensor(c, dtype=torch.long) for c in zip(*keys))
+    provenance = Provenance(doc, torch.arange(len(keys)), start, end, torch.zeros(len(keys), dtype=torch.long))
+    return ITDA.from_atoms(torch.randn(len(keys), 4), k=1, provenance=provenance)
+
+
+X, Y, Z, W = (1, 0, 2), (1, 3, 5), (2, 0, 4), (2, 5, 9)
+
+
+def test_rarity_weights_favour_atoms_of_one_layer():
+    model_a = [hand_dictionary(X, Y), hand_dictionary(X, Z)]  # X is an atom of both layers
+    model_b = [hand_dictionary(X, Y), hand_dictionary(Z, W)]
+    weights = rarity_weights(model_a, power=2.0)
+    assert weights == [{X: 0.25, Y: 1.0}, {X: 0.25, Z: 1.0}]
+    assert rarity_weights(model_a, power=1.0)[1] == {X: 0.5, Z: 1.0}
+    # Layer 0 of each: X weighs 1/4 in A and 1 in B, Y 1 in both: (1/4 + 1) / (5/4 + 2 - 5/4).
+    found = rarity_jaccard_matrix(model_a, model_b, power=2.0)
+    assert float(found[0, 0]) == pytest.approx(1.25 / 2.0)
+    assert float(found[1, 1]) == pytest.approx(1.0 / (1.25 + 2.0 - 1.0))
+    assert torch.equal(rarity_jaccard_matrix(model_a, model_b, power=0.0), jaccard_matrix(model_a, model_b))
+    assert ruzicka({X: 2.0}, {X: 2.0}) == 1.0 and ruzicka({}, {}) == 0.0
+    for bad in (-1.0, float("nan"), True):
+        with pytest.raises(ValueError, match="power must be"):
+            rarity_weights(model_a, power=bad)
+
+
+def test_rarity_document_counts_give_the_weighted_jaccard():
+    model_a = [hand_dictionary(X, Y, Z), hand_dictionary(X, Z, W)]
+    model_b = [hand_dictionary(X, (2, 0, 3)), hand_dictionary(W, Z, (1, 3, 4))]
+    counts = document_counts(model_a, model_b, min_overlap=0.7, rarity_power=2.0)
+    assert torch.allclose(counts.jaccard()[0], rarity_jaccard_matrix(model_a, model_b, min_overlap=0.7, power=2.0))
+    assert counts.sizes_a[0].tolist() == [1.25, 0.25]  # doc 1: X (1/4) + Y (1); doc 2: Z (1/4)
+    found = accuracy_interval(counts={("a", "b"): counts}, resample="documents", draws=100)
+    assert found.value == pytest.approx(matching_accuracy({("a", "b"): counts.jaccard()[0]}))
 
 
 # ----------------------------------------------------------------- tiny models end to end
@@ -221,6 +262,8 @@ def test_compare_two_seeds(two_seeds, tmp_path):
     sizes = result["n_atoms_a"][0], result["n_atoms_b"][1]
     assert result["jaccard_null"][0][1] == pytest.approx(expected_jaccard(*sizes, 1200), abs=1e-6)
     assert set(result["summary"]) == set(ALL_MEASURES)
+    assert torch.allclose(torch.tensor(result["similarity"][RARITY_JACCARD], dtype=torch.float64), rarity_jaccard_matrix(a.dictionaries, b.dictionaries, by="token"), atol=1e-6)
+    assert 0.0 <= result["rarity_jaccard_interval"]["low"] <= result["rarity_jaccard_interval"]["value"] <= result["rarity_jaccard_interval"]["high"] <= 1.0
 
 
 def test_weighted_jaccard_weighs_atoms_by_their_use_on_the_shared_rows(two_seeds):

@@ -12,6 +12,8 @@
 from itda_lens.tools.compare.comparison import (
     ALL_MEASURES,
     JACCARD,
+    RARITY_JACCARD,
+    WEIGHTED_JACCARD,
     compare_dictionaries,
     compare_models,
     jaccard_null_matrix,
@@ -27,9 +29,19 @@ from itda_lens.tools.compare.jaccard import (
     jaccard,
     jaccard_report,
     matched_pairs,
+    rarity_weights,
+    ruzicka,
     weighted_jaccard,
 )
-from itda_lens.tools.compare.layers import depth_targets, jaccard_matrix, matched, matching_accuracy
+from itda_lens.tools.compare.layers import (
+    depth_targets,
+    jaccard_matrix,
+    matched,
+    matching_accuracy,
+    rarity_jaccard_matrix,
+    ruzicka_matrix,
+    weighted_jaccard_matrix,
+)
 from itda_lens.tools.compare.model_layers import ModelLayers, model_layers
 from itda_lens.tools.compare.similarity import (
     MEASURES,
@@ -47,6 +59,8 @@ __all__ = [
     "ALL_MEASURES",
     "JACCARD",
     "MEASURES",
+    "RARITY_JACCARD",
+    "WEIGHTED_JACCARD",
     "DocumentCounts",
     "Interval",
     "JaccardReport",
@@ -72,10 +86,15 @@ __all__ = [
     "model_similarities",
     "mutual_knn",
     "pwcca",
+    "rarity_jaccard_matrix",
+    "rarity_weights",
     "rbf_cka",
     "relative_representation_similarity",
+    "ruzicka",
+    "ruzicka_matrix",
     "similarity_heatmaps",
     "similarity_matrix",
     "svcca",
     "weighted_jaccard",
+    "weighted_jaccard_matrix",
 ]

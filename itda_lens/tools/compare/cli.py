@@ -161,8 +161,9 @@ def _print_summary(result: dict) -> None:
             print(f"  {i:>3} " + " ".join(f"{v:.3f}" + (f"/{null[i][j]:.3f}" if null else "") for j, v in enumerate(row)))
     for measure, entry in result["summary"].items():
         print(f"{measure:>14}: best layer of B for each layer of A {entry['best_match_b']}; relative-depth accuracy {entry['matching_accuracy']:.2f}")
-    if "jaccard_interval" in result:
-        interval = result["jaccard_interval"]
-        print(f"ITDA Jaccard relative-depth accuracy {interval['value']:.3f}, 95% interval over documents [{interval['low']:.3f}, {interval['high']:.3f}]")
+    for key, label in (("jaccard_interval", "ITDA Jaccard"), ("rarity_jaccard_interval", "rarity-weighted ITDA Jaccard")):
+        if key in result:
+            interval = result[key]
+            print(f"{label} relative-depth accuracy {interval['value']:.3f}, 95% interval over documents [{interval['low']:.3f}, {interval['high']:.3f}]")
     if "heatmap" in result:
         print(f"heatmap: {result['heatmap']}")

@@ -2,10 +2,12 @@
 
 Every measure sees the same text. ITDA Jaccard compares the dictionaries built on the
 corpus (atoms matched by provenance, :mod:`itda_lens.tools.compare.jaccard`, exactly or,
-with ``min_overlap < 1``, by overlapping spans). The use-weighted ITDA Jaccard
-(:func:`~itda_lens.tools.compare.jaccard.weighted_jaccard`, offered beside the paper's)
-weighs each atom by how many of the baselines' occurrences its dictionary's codes use it
-for. The baselines of
+with ``min_overlap < 1``, by overlapping spans). Two weighted forms are offered beside
+the paper's: the rarity-weighted ITDA Jaccard
+(:func:`~itda_lens.tools.compare.jaccard.rarity_weights`) weighs each atom by how few of
+its model's layer dictionaries hold the same occurrence; the use-weighted one
+(:func:`~itda_lens.tools.compare.jaccard.weighted_jaccard`) by how many of the baselines'
+occurrences its dictionary's codes use it for. The baselines of
 :mod:`itda_lens.tools.compare.similarity` compare activations at the recorded occurrences that
 all the models compared share, lined up by ``align``
 (:mod:`itda_lens.tools.compare.occurrences`): the same document and characters
@@ -29,17 +31,28 @@ from itda_lens.core.metrics import atom_uses
 from itda_lens.tools.compare import similarity as _sim
 from itda_lens.tools.compare.heatmap import similarity_heatmaps
 from itda_lens.tools.compare.intervals import accuracy_interval, document_counts
-from itda_lens.tools.compare.jaccard import EXACT, KeyMode, atom_keys, built_tokens, check_min_overlap, expected_jaccard, matched_pairs
-from itda_lens.tools.compare.layers import jaccard_matrix, matched, weighted_jaccard_matrix
+from itda_lens.tools.compare.jaccard import (
+    EXACT,
+    RARITY_POWER,
+    KeyMode,
+    atom_keys,
+    built_tokens,
+    check_min_overlap,
+    expected_jaccard,
+    matched_pairs,
+    rarity_weights,
+)
+from itda_lens.tools.compare.layers import jaccard_matrix, matched, rarity_jaccard_matrix, ruzicka_matrix, weighted_jaccard_matrix
 from itda_lens.tools.compare.model_layers import ModelLayers
 from itda_lens.tools.compare.occurrences import Align, occurrence_keys
 from itda_lens.tools.compare.similarity import MEASURES, similarity_matrix
 
 #: The names of the dictionary measures beside the baselines of ``MEASURES``: the paper's
-#: Jaccard and the use-weighted one.
+#: Jaccard, the rarity-weighted and the use-weighted one.
 JACCARD = "itda_jaccard"
+RARITY_JACCARD = "itda_rarity_jaccard"
 WEIGHTED_JACCARD = "itda_weighted_jaccard"
-ALL_MEASURES = (JACCARD, WEIGHTED_JACCARD, *MEASURES)
+ALL_MEASURES = (JACCARD, RARITY_JACCARD, WEIGHTED_JACCARD, *MEASURES)
 #: Default row budgets of the measures whose cost grows with the square of the tokens.
 MEASURE_TOKENS = {"mutual_knn": 2048}
 
@@ -138,7 +151,10 @@ def model_similarities(
     out: dict[str, dict[tuple[str, str], Tensor]] = {}
     if JACCARD in measures:
         out[JACCARD] = {(a, b): jaccard_matrix(by_name[a].dictionaries, by_name[b].dictionaries, by=by, min_overlap=min_overlap) for a, b in pairs}
-    baselines = [m for m in measures if m not in (JACCARD, WEIGHTED_JACCARD)]
+    if RARITY_JACCARD in measures:
+        weights = {name: rarity_weights(list(by_name[name].dictionaries.values()), by) for name in names}
+        out[RARITY_JACCARD] = {(a, b): ruzicka_matrix(weights[a], weights[b], min_overlap) for a, b in pairs}
+    baselines = [m for m in measures if m not in (JACCARD, RARITY_JACCARD, WEIGHTED_JACCARD)]
     if baselines or WEIGHTED_JACCARD in measures:
         rows = dict(zip(names, shared_token_rows(models, max_tokens, seed, align)))
     if WEIGHTED_JACCARD in measures:
@@ -233,8 +249,8 @@ def compare_models(
     align: Align = "span",
 ) -> dict:
     """Layer x layer similarity of two models by every measure, the Jaccard null, per-measure
-    best matches, the interval of ITDA Jaccard's matching accuracy
-    (:func:`jaccard_interval`) and (with ``heatmap``) a PNG of the matrices. JSON-able."""
+    best matches, the intervals of the (plain and rarity-weighted) ITDA Jaccard's matching
+    accuracy (:func:`jaccard_interval`) and (with ``heatmap``) a PNG of the matrices. JSON-able."""
     similarity = layer_similarities(a, b, measures, by, max_tokens, measure_tokens, min_overlap=min_overlap, align=align)
     population_a, population_b, shared = shared_occurrences(a, b, by, min_overlap)
     result = {
@@ -257,16 +273,21 @@ def compare_models(
     if JACCARD in similarity:
         result["jaccard_null"] = _rows(jaccard_null_matrix(a, b, by, min_overlap))
         result["jaccard_interval"] = jaccard_interval(a.dictionaries, b.dictionaries, by, min_overlap)
+    if RARITY_JACCARD in similarity:
+        result["rarity_jaccard_interval"] = jaccard_interval(a.dictionaries, b.dictionaries, by, min_overlap, RARITY_POWER)
     if heatmap is not None:
         result["heatmap"] = str(similarity_heatmaps(similarity, heatmap, _short(a.hooks), _short(b.hooks), a.name, b.name))
     return result
 
 
-def jaccard_interval(dictionaries_a: Mapping[str, ITDA], dictionaries_b: Mapping[str, ITDA], by: KeyMode = "span", min_overlap: float = EXACT) -> dict[str, float]:
+def jaccard_interval(
+    dictionaries_a: Mapping[str, ITDA], dictionaries_b: Mapping[str, ITDA], by: KeyMode = "span", min_overlap: float = EXACT, rarity_power: float = 0.0
+) -> dict[str, float]:
     """ITDA Jaccard's layer-matching accuracy between two models (both directions, layers
     matched by relative depth) with its 95% interval over the documents, redrawn
-    (:func:`~itda_lens.tools.compare.intervals.accuracy_interval`)."""
-    counts = document_counts(list(dictionaries_a.values()), list(dictionaries_b.values()), by, min_overlap)
+    (:func:`~itda_lens.tools.compare.intervals.accuracy_interval`); rarity-weighted with
+    ``rarity_power`` above 0."""
+    counts = document_counts(list(dictionaries_a.values()), list(dictionaries_b.values()), by, min_overlap, rarity_power=rarity_power)
     return accuracy_interval(counts={("a", "b"): counts}, resample="documents").to_dict()
 
 
@@ -280,11 +301,15 @@ def compare_dictionaries(
     name_b: str = "B",
     min_overlap: float = EXACT,
 ) -> dict:
-    """ITDA Jaccard of two sets of saved dictionaries (no model needed) with the interval
-    of its matching accuracy, and its null when the build token counts are recorded and
+    """ITDA Jaccard, plain and rarity-weighted, of two models' saved dictionaries (no model
+    needed; give every layer of each) with the intervals of their matching accuracy, and
+    the plain one's null when the build token counts are recorded and
     equal (or ``shared_tokens`` is given: with ``min_overlap < 1``, the built-from tokens
     of the two that match by that rule)."""
-    similarity = jaccard_matrix(dictionaries_a, dictionaries_b, by=by, min_overlap=min_overlap)
+    similarity = {
+        JACCARD: jaccard_matrix(dictionaries_a, dictionaries_b, by=by, min_overlap=min_overlap),
+        RARITY_JACCARD: rarity_jaccard_matrix(dictionaries_a, dictionaries_b, by=by, min_overlap=min_overlap),
+    }
     result: dict = {
         "model_a": name_a,
         "model_b": name_b,
@@ -294,9 +319,10 @@ def compare_dictionaries(
         "min_overlap": min_overlap,
         "n_atoms_a": [d.n_atoms for d in dictionaries_a.values()],
         "n_atoms_b": [d.n_atoms for d in dictionaries_b.values()],
-        "similarity": {JACCARD: _rows(similarity)},
-        "summary": _summary({JACCARD: similarity}),
+        "similarity": {m: _rows(s) for m, s in similarity.items()},
+        "summary": _summary(similarity),
         "jaccard_interval": jaccard_interval(dictionaries_a, dictionaries_b, by, min_overlap),
+        "rarity_jaccard_interval": jaccard_interval(dictionaries_a, dictionaries_b, by, min_overlap, RARITY_POWER),
     }
     populations_a = {built_tokens(d) for d in dictionaries_a.values()}
     populations_b = {built_tokens(d) for d in dictionaries_b.values()}
@@ -311,7 +337,7 @@ def compare_dictionaries(
             )
             result["jaccard_null"] = _rows(null)
     if heatmap is not None:
-        result["heatmap"] = str(similarity_heatmaps({JACCARD: similarity}, heatmap, _short(list(dictionaries_a)), _short(list(dictionaries_b)), name_a, name_b))
+        result["heatmap"] = str(similarity_heatmaps(similarity, heatmap, _short(list(dictionaries_a)), _short(list(dictionaries_b)), name_a, name_b))
     return result
 
 

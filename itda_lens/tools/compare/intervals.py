@@ -10,9 +10,9 @@ accuracy over the draws:
   it (``count_a * count_b``), a model against itself (with ``include_self``) once per
   copy; two copies of one model never make a cross-model pair, and a draw left with no
   pair at all is skipped;
-- documents (ITDA Jaccard only): each draw weights every document by how often it is
-  drawn. Jaccard over a set of documents is a ratio of sums of per-document counts
-  (:class:`DocumentCounts`), so it is recomputed exactly for every draw. The baselines'
+- documents (ITDA Jaccard, plain or rarity-weighted, only): each draw weights every
+  document by how often it is drawn. Jaccard over a set of documents is a ratio of sums of
+  per-document counts (:class:`DocumentCounts`), so it is recomputed exactly for every draw. The baselines'
   matrices would need their activations recomputed per draw and are held fixed.
 """
 
@@ -27,7 +27,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from itda_lens.core.itda import ITDA
-from itda_lens.tools.compare.jaccard import EXACT, KeyMode, atom_keys, check_min_overlap, check_same_doc_kind, matched_pairs
+from itda_lens.tools.compare.jaccard import EXACT, Key, KeyMode, check_min_overlap, check_same_doc_kind, matched_pairs, rarity_weights
 from itda_lens.tools.compare.layers import PairKey, matched, ordered_pairs
 
 Resample = Literal["models", "documents", "both"]
@@ -51,7 +51,8 @@ class Interval:
 @dataclass
 class DocumentCounts:
     """Per document: the atoms of each dictionary of ``a`` and of ``b`` and the matched
-    pairs of each dictionary pair."""
+    pairs of each dictionary pair (with atom weights: the sums of the weights and of the
+    matched pairs' smaller weights)."""
 
     docs: list[int]
     sizes_a: Float[Tensor, "layers_a docs"]
@@ -59,8 +60,8 @@ class DocumentCounts:
     common: Float[Tensor, "layers_a layers_b docs"]
 
     def jaccard(self, weights: Float[Tensor, "docs draws"] | None = None) -> Float[Tensor, "draws layers_a layers_b"]:
-        """Jaccard of every dictionary pair over the documents weighted by each column of
-        ``weights`` (default: one column of ones, the plain Jaccard)."""
+        """Jaccard (weighted: Ruzicka) of every dictionary pair over the documents weighted
+        by each column of ``weights`` (default: one column of ones, all documents once)."""
         if weights is None:
             weights = torch.ones(len(self.docs), 1, dtype=torch.float64)
         common = torch.einsum("ijd,dn->nij", self.common, weights)
@@ -74,32 +75,37 @@ def document_counts(
     by: KeyMode = "span",
     min_overlap: float = EXACT,
     docs: Sequence[int] | None = None,
+    rarity_power: float = 0.0,
 ) -> DocumentCounts:
     """:class:`DocumentCounts` of two models' dictionaries, over ``docs`` (default: every
-    document of their atoms, sorted); atoms of other documents are left out."""
+    document of their atoms, sorted); atoms of other documents are left out. Each atom
+    weighs as in the rarity-weighted Jaccard with ``rarity_power``
+    (:func:`~itda_lens.tools.compare.jaccard.rarity_weights` over each model's
+    dictionaries given; 0, the default: every atom 1, the paper's Jaccard). A weight
+    depends on its own document only, so redrawing documents stays exact."""
     check_same_doc_kind(list(dictionaries_a) + list(dictionaries_b))
     check_min_overlap(min_overlap, by)
-    keys_a = [atom_keys(d, by) for d in dictionaries_a]
-    keys_b = [atom_keys(d, by) for d in dictionaries_b]
+    weights_a = rarity_weights(list(dictionaries_a), by, power=rarity_power)
+    weights_b = rarity_weights(list(dictionaries_b), by, power=rarity_power)
     if docs is None:
-        docs = sorted({key[0] for keys in keys_a + keys_b for key in keys})
+        docs = sorted({key[0] for weights in weights_a + weights_b for key in weights})
     column = {doc: i for i, doc in enumerate(docs)}
 
-    def sizes(all_keys: list[set]) -> Tensor:
-        out = torch.zeros(len(all_keys), len(docs), dtype=torch.float64)
-        for i, keys in enumerate(all_keys):
-            for key in keys:
+    def sizes(all_weights: list[dict[Key, float]]) -> Tensor:
+        out = torch.zeros(len(all_weights), len(docs), dtype=torch.float64)
+        for i, weights in enumerate(all_weights):
+            for key, weight in weights.items():
                 if key[0] in column:
-                    out[i, column[key[0]]] += 1
+                    out[i, column[key[0]]] += weight
         return out
 
-    common = torch.zeros(len(keys_a), len(keys_b), len(docs), dtype=torch.float64)
-    for i, ka in enumerate(keys_a):
-        for j, kb in enumerate(keys_b):
-            for key, _ in matched_pairs(ka, kb, min_overlap):
-                if key[0] in column:
-                    common[i, j, column[key[0]]] += 1
-    return DocumentCounts(list(docs), sizes(keys_a), sizes(keys_b), common)
+    common = torch.zeros(len(weights_a), len(weights_b), len(docs), dtype=torch.float64)
+    for i, wa in enumerate(weights_a):
+        for j, wb in enumerate(weights_b):
+            for x, y in matched_pairs(set(wa), set(wb), min_overlap):
+                if x[0] in column:
+                    common[i, j, column[x[0]]] += min(wa[x], wb[y])
+    return DocumentCounts(list(docs), sizes(weights_a), sizes(weights_b), common)
 
 
 def accuracy_interval(

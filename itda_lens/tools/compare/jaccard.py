@@ -33,11 +33,18 @@ uniformly without replacement from the tokens it was built from; with two tokeni
 ``shared`` is the number of those occurrences that match each other by the same rule
 (:func:`matched_pairs` on the two token populations), which keeps the null exact
 because the rule pairs occurrences one-to-one.
+
+Two weighted forms are offered beside the paper's Jaccard, never in place of it, both the
+weighted (:func:`ruzicka`) Jaccard of weights on the same matched pairs: by each atom's
+share of use on shared text (:func:`weighted_jaccard`), and by how few of its model's
+layer dictionaries hold the occurrence (:func:`rarity_weights`).
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -57,6 +64,10 @@ DOCUMENT_HASH = "document hash"
 
 #: The default ``min_overlap``: spans match only when equal.
 EXACT = 1.0
+
+#: The default ``power`` of :func:`rarity_weights`: the smallest that reached the best
+#: layer-matching accuracy on the pilot models (``docs/benchmarks.md``).
+RARITY_POWER = 2.0
 
 #: Probability below which a value of the shared-atoms count is left out of the null.
 _NEGLIGIBLE = 1e-18
@@ -195,15 +206,14 @@ def weighted_jaccard(
 
     Each atom weighs its share of its dictionary's uses (``uses_a[i]``: how often atom ``i``
     of ``a`` is used on some text, e.g. :func:`~itda_lens.core.metrics.atom_uses` of codes
-    of the text both models read); the result is the weighted (Ruzicka) Jaccard of the two
+    of the text both models read); the result is the :func:`ruzicka` similarity of the two
     distributions over occurrences, ``s / (2 - s)`` with ``s`` the sum over matched pairs
-    (the same rule as :func:`jaccard`) of the smaller share. It is 1 when both
-    dictionaries put the same share of use on the same occurrences, 0 when no used atom
-    matches. Atoms of unknown document are left out.
+    of the smaller share. It is 1 when both dictionaries put the same share of use on the
+    same occurrences, 0 when no used atom matches. Atoms of unknown document are left out.
     """
     check_same_doc_kind([a, b])
     check_min_overlap(min_overlap, by)
-    return shares_jaccard(use_shares(a, uses_a, by, trim_whitespace), use_shares(b, uses_b, by, trim_whitespace), min_overlap)
+    return ruzicka(use_shares(a, uses_a, by, trim_whitespace), use_shares(b, uses_b, by, trim_whitespace), min_overlap)
 
 
 def use_shares(value: HasProvenance, uses: Float[Tensor, " n_atoms"], by: KeyMode = "span", trim_whitespace: bool = True) -> dict[Key, float]:
@@ -224,10 +234,34 @@ def use_shares(value: HasProvenance, uses: Float[Tensor, " n_atoms"], by: KeyMod
     return {key: use / total for key, use in share.items()}
 
 
-def shares_jaccard(share_a: dict[Key, float], share_b: dict[Key, float], min_overlap: float = EXACT) -> float:
-    """:func:`weighted_jaccard` of two dictionaries' :func:`use_shares`."""
-    common = sum(min(share_a[x], share_b[y]) for x, y in matched_pairs(set(share_a), set(share_b), min_overlap))
-    return common / (2.0 - common)
+def rarity_weights(
+    dictionaries: Sequence[HasProvenance], by: KeyMode = "span", trim_whitespace: bool = True, power: float = RARITY_POWER
+) -> list[dict[Key, float]]:
+    """One model's layer dictionaries, each atom occurrence weighed by how few of them hold it.
+
+    An occurrence that is an atom of ``n`` of the ``dictionaries`` (the layers of one
+    model, so one tokenizer: keys compare exactly) weighs ``n ** -power`` in each. An atom
+    every layer holds says little about which layer it came from; one only this layer
+    holds says most. :func:`ruzicka` of two models' weights is the rarity-weighted
+    Jaccard, offered beside the paper's :func:`jaccard`; ``power=0`` weighs every atom 1
+    and gives the paper's Jaccard exactly.
+    """
+    if isinstance(power, bool) or not isinstance(power, (int, float)) or not math.isfinite(power) or power < 0:
+        raise ValueError(f"power must be a finite number >= 0, got {power!r}.")
+    check_same_doc_kind(list(dictionaries))
+    keys = [atom_keys(d, by, trim_whitespace) for d in dictionaries]
+    held = Counter(key for layer in keys for key in layer)
+    return [{key: float(held[key]) ** -power for key in layer} for layer in keys]
+
+
+def ruzicka(weights_a: Mapping[Key, float], weights_b: Mapping[Key, float], min_overlap: float = EXACT) -> float:
+    """The weighted (Ruzicka) Jaccard of two weighted atom sets:
+    ``m / (W_a + W_b - m)``, ``W`` the sum of a set's weights and ``m`` the sum over the
+    pairs that match (:func:`matched_pairs`) of the smaller weight. With every weight 1 it
+    is :func:`jaccard`; 0 for two empty sets."""
+    common = sum(min(weights_a[x], weights_b[y]) for x, y in matched_pairs(set(weights_a), set(weights_b), min_overlap))
+    union = sum(weights_a.values()) + sum(weights_b.values()) - common
+    return common / union if union > 0 else 0.0
 
 
 def _log_choose(n: Tensor, k: Tensor) -> Tensor:

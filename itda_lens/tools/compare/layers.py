@@ -24,7 +24,19 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from itda_lens.core.itda import ITDA
-from itda_lens.tools.compare.jaccard import EXACT, KeyMode, atom_keys, check_min_overlap, check_same_doc_kind, matched_pairs, shares_jaccard, use_shares
+from itda_lens.tools.compare.jaccard import (
+    EXACT,
+    RARITY_POWER,
+    Key,
+    KeyMode,
+    atom_keys,
+    check_min_overlap,
+    check_same_doc_kind,
+    matched_pairs,
+    rarity_weights,
+    ruzicka,
+    use_shares,
+)
 
 PairKey = tuple[str, str]
 
@@ -38,9 +50,7 @@ def jaccard_matrix(
 ) -> Float[Tensor, "layers_a layers_b"]:
     """Jaccard of every dictionary of ``a`` with every dictionary of ``b`` (float64, in
     the order given)."""
-    values_a, values_b = _values(dictionaries_a), _values(dictionaries_b)
-    check_same_doc_kind(values_a + values_b)
-    check_min_overlap(min_overlap, by)
+    values_a, values_b = _checked(dictionaries_a, dictionaries_b, by, min_overlap)
     keys_a = [atom_keys(d, by, trim_whitespace) for d in values_a]
     keys_b = [atom_keys(d, by, trim_whitespace) for d in values_b]
     out = torch.empty(len(keys_a), len(keys_b), dtype=torch.float64)
@@ -62,19 +72,50 @@ def weighted_jaccard_matrix(
     """:func:`~itda_lens.tools.compare.jaccard.weighted_jaccard` of every dictionary of
     ``a`` with every dictionary of ``b``, ``uses_*`` holding each dictionary's uses in the
     same order (float64)."""
-    values_a, values_b = _values(dictionaries_a), _values(dictionaries_b)
-    check_same_doc_kind(values_a + values_b)
-    check_min_overlap(min_overlap, by)
+    values_a, values_b = _checked(dictionaries_a, dictionaries_b, by, min_overlap)
     shares_a = [use_shares(d, uses, by) for d, uses in zip(values_a, uses_a, strict=True)]
     shares_b = [use_shares(d, uses, by) for d, uses in zip(values_b, uses_b, strict=True)]
-    out = torch.empty(len(shares_a), len(shares_b), dtype=torch.float64)
-    for i, sa in enumerate(shares_a):
-        for j, sb in enumerate(shares_b):
-            out[i, j] = shares_jaccard(sa, sb, min_overlap)
+    return ruzicka_matrix(shares_a, shares_b, min_overlap)
+
+
+def rarity_jaccard_matrix(
+    dictionaries_a: Mapping[str, ITDA] | Sequence[ITDA],
+    dictionaries_b: Mapping[str, ITDA] | Sequence[ITDA],
+    by: KeyMode = "span",
+    min_overlap: float = EXACT,
+    power: float = RARITY_POWER,
+) -> Float[Tensor, "layers_a layers_b"]:
+    """The rarity-weighted Jaccard of every layer dictionary of model ``a`` with every one
+    of model ``b`` (float64): each atom weighs ``n ** -power``, ``n`` the number of its
+    own model's dictionaries that hold it
+    (:func:`~itda_lens.tools.compare.jaccard.rarity_weights`). Give all of a model's
+    layers: the weights depend on them. ``power=0`` is :func:`jaccard_matrix`."""
+    values_a, values_b = _checked(dictionaries_a, dictionaries_b, by, min_overlap)
+    return ruzicka_matrix(rarity_weights(values_a, by, power=power), rarity_weights(values_b, by, power=power), min_overlap)
+
+
+def ruzicka_matrix(
+    weights_a: Sequence[Mapping[Key, float]], weights_b: Sequence[Mapping[Key, float]], min_overlap: float = EXACT
+) -> Float[Tensor, "layers_a layers_b"]:
+    """:func:`~itda_lens.tools.compare.jaccard.ruzicka` of every weighted atom set of ``a``
+    with every one of ``b`` (float64)."""
+    out = torch.empty(len(weights_a), len(weights_b), dtype=torch.float64)
+    for i, wa in enumerate(weights_a):
+        for j, wb in enumerate(weights_b):
+            out[i, j] = ruzicka(wa, wb, min_overlap)
     return out
 
 
-def _values(dictionaries):
+def _checked(dictionaries_a, dictionaries_b, by: KeyMode, min_overlap: float) -> tuple[list[ITDA], list[ITDA]]:
+    """Both models' dictionaries as lists, refused when empty, of two document kinds, or
+    with an overlap threshold ``by`` does not allow."""
+    values_a, values_b = _values(dictionaries_a), _values(dictionaries_b)
+    check_same_doc_kind(values_a + values_b)
+    check_min_overlap(min_overlap, by)
+    return values_a, values_b
+
+
+def _values(dictionaries) -> list[ITDA]:
     values = list(dictionaries.values()) if isinstance(dictionaries, Mapping) else list(dictionaries)
     if not values:
         raise ValueError("give at least one dictionary.")
