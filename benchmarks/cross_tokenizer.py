@@ -36,7 +36,8 @@ slows training many times over.
         --out runs/cross_tokenizer/pilot-$t; done                                                    # pilot
     python benchmarks/cross_tokenizer.py --tokenizers bpe:2000@10,11 bpe:4000@10,11 --depths 4 6 --steps 600 \\
         --build-docs 2 --min-overlaps 1.0 0.75 0.6 --out runs/cross_tokenizer/report    # the run in docs/benchmarks.md
-    python benchmarks/cross_tokenizer.py --threads 4         # the full design: three tokenizers, seeds 10-12, 12 documents
+    python benchmarks/cross_tokenizer.py --threads 2 --steps 600 --min-overlaps 1.0 0.75 0.6 \
+        --out runs/cross_tokenizer/full                          # the full design: three tokenizers, seeds 10-12, 12 documents
 """
 
 from __future__ import annotations
