@@ -179,8 +179,15 @@ def main(argv: list[str] | None = None) -> dict:
     docs = sorted({key[0] for m in models for d in m.dictionaries.values() for key in atom_keys(d, args.by)})
     pairs = [(a, b) for i, a in enumerate(names) for b in names[i:]]
 
+    at_power: dict[float, dict] = {}
+
     def counts_at(power: float) -> dict:
-        return {(a, b): document_counts(list(by_name[a].dictionaries.values()), list(by_name[b].dictionaries.values()), args.by, docs=docs, rarity_power=power) for a, b in pairs}
+        if power not in at_power:
+            at_power[power] = {
+                (a, b): document_counts(list(by_name[a].dictionaries.values()), list(by_name[b].dictionaries.values()), args.by, docs=docs, rarity_power=power)
+                for a, b in pairs
+            }
+        return at_power[power]
 
     counts = {measure: counts_at(power) for measure, power in ((JACCARD, 0.0), (RARITY_JACCARD, RARITY_POWER)) if measure in args.measures}
 
@@ -205,8 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.rarity_powers:
         print(f"\nrarity-weighted ITDA Jaccard by power (atoms weigh n ** -power, n: the model's layers holding the occurrence; the measure uses {RARITY_POWER}):")
         for power in args.rarity_powers:
-            at_power = counts_at(power)
-            by_power[power] = [accuracy_interval(counts=at_power, include_self=s, draws=args.draws) for s in (False, True)]
+            by_power[power] = [accuracy_interval(counts=counts_at(power), include_self=s, draws=args.draws) for s in (False, True)]
             print(f"  power {power:<4g} {by_power[power][0]!s:>24} {by_power[power][1]!s:>24}")
     if JACCARD in args.measures:
         unions = {name: set().union(*(atom_keys(d, args.by) for d in m.dictionaries.values())) for name, m in by_name.items()}

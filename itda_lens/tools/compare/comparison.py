@@ -30,7 +30,7 @@ from itda_lens.core.itda import ITDA
 from itda_lens.core.metrics import atom_uses
 from itda_lens.tools.compare import similarity as _sim
 from itda_lens.tools.compare.heatmap import similarity_heatmaps
-from itda_lens.tools.compare.intervals import accuracy_interval, document_counts
+from itda_lens.tools.compare.intervals import DocumentCounts, accuracy_interval, document_counts
 from itda_lens.tools.compare.jaccard import (
     EXACT,
     RARITY_POWER,
@@ -42,7 +42,7 @@ from itda_lens.tools.compare.jaccard import (
     matched_pairs,
     rarity_weights,
 )
-from itda_lens.tools.compare.layers import jaccard_matrix, matched, rarity_jaccard_matrix, ruzicka_matrix, weighted_jaccard_matrix
+from itda_lens.tools.compare.layers import jaccard_matrix, matched, ruzicka_matrix, weighted_jaccard_matrix
 from itda_lens.tools.compare.model_layers import ModelLayers
 from itda_lens.tools.compare.occurrences import Align, occurrence_keys
 from itda_lens.tools.compare.similarity import MEASURES, similarity_matrix
@@ -53,6 +53,9 @@ JACCARD = "itda_jaccard"
 RARITY_JACCARD = "itda_rarity_jaccard"
 WEIGHTED_JACCARD = "itda_weighted_jaccard"
 ALL_MEASURES = (JACCARD, RARITY_JACCARD, WEIGHTED_JACCARD, *MEASURES)
+#: The dictionary measures computed from per-document counts (:func:`dictionary_counts`),
+#: each with its rarity power (0: every atom weighs 1).
+COUNTED = {JACCARD: 0.0, RARITY_JACCARD: RARITY_POWER}
 #: Default row budgets of the measures whose cost grows with the square of the tokens.
 MEASURE_TOKENS = {"mutual_knn": 2048}
 
@@ -251,7 +254,10 @@ def compare_models(
     """Layer x layer similarity of two models by every measure, the Jaccard null, per-measure
     best matches, the intervals of the (plain and rarity-weighted) ITDA Jaccard's matching
     accuracy (:func:`jaccard_interval`) and (with ``heatmap``) a PNG of the matrices. JSON-able."""
-    similarity = layer_similarities(a, b, measures, by, max_tokens, measure_tokens, min_overlap=min_overlap, align=align)
+    measures = _check_measures(measures)
+    counts = dictionary_counts(a.dictionaries, b.dictionaries, measures, by, min_overlap)
+    others = layer_similarities(a, b, [m for m in measures if m not in counts], by, max_tokens, measure_tokens, min_overlap=min_overlap, align=align)
+    similarity = {m: counts[m].jaccard()[0] if m in counts else others[m] for m in measures}
     population_a, population_b, shared = shared_occurrences(a, b, by, min_overlap)
     result = {
         "model_a": a.name,
@@ -264,7 +270,7 @@ def compare_models(
         "tokens_a": population_a,
         "tokens_b": population_b,
         "shared_tokens": shared,
-        "baseline_tokens": len(shared_token_rows([a, b], max_tokens, align=align)[0]) if set(measures) - {JACCARD} else 0,
+        "baseline_tokens": len(shared_token_rows([a, b], max_tokens, align=align)[0]) if set(measures) - set(COUNTED) else 0,
         "n_atoms_a": [d.n_atoms for d in a.dictionaries.values()],
         "n_atoms_b": [d.n_atoms for d in b.dictionaries.values()],
         "similarity": {m: _rows(s) for m, s in similarity.items()},
@@ -272,23 +278,36 @@ def compare_models(
     }
     if JACCARD in similarity:
         result["jaccard_null"] = _rows(jaccard_null_matrix(a, b, by, min_overlap))
-        result["jaccard_interval"] = jaccard_interval(a.dictionaries, b.dictionaries, by, min_overlap)
-    if RARITY_JACCARD in similarity:
-        result["rarity_jaccard_interval"] = jaccard_interval(a.dictionaries, b.dictionaries, by, min_overlap, RARITY_POWER)
+    result.update(_intervals(counts))
     if heatmap is not None:
         result["heatmap"] = str(similarity_heatmaps(similarity, heatmap, _short(a.hooks), _short(b.hooks), a.name, b.name))
     return result
 
 
-def jaccard_interval(
-    dictionaries_a: Mapping[str, ITDA], dictionaries_b: Mapping[str, ITDA], by: KeyMode = "span", min_overlap: float = EXACT, rarity_power: float = 0.0
-) -> dict[str, float]:
-    """ITDA Jaccard's layer-matching accuracy between two models (both directions, layers
-    matched by relative depth) with its 95% interval over the documents, redrawn
-    (:func:`~itda_lens.tools.compare.intervals.accuracy_interval`); rarity-weighted with
-    ``rarity_power`` above 0."""
-    counts = document_counts(list(dictionaries_a.values()), list(dictionaries_b.values()), by, min_overlap, rarity_power=rarity_power)
+def dictionary_counts(
+    dictionaries_a: Mapping[str, ITDA], dictionaries_b: Mapping[str, ITDA], measures: Sequence[str] = tuple(COUNTED), by: KeyMode = "span", min_overlap: float = EXACT
+) -> dict[str, DocumentCounts]:
+    """The per-document counts (:func:`~itda_lens.tools.compare.intervals.document_counts`)
+    of the plain and the rarity-weighted ITDA Jaccard among ``measures``: each measure's
+    matrix (``counts.jaccard()[0]``) and its interval (:func:`jaccard_interval`) come from
+    them, so atoms are matched once."""
+    values_a, values_b = list(dictionaries_a.values()), list(dictionaries_b.values())
+    if not values_a or not values_b:
+        raise ValueError("give at least one dictionary.")
+    return {m: document_counts(values_a, values_b, by, min_overlap, rarity_power=power) for m, power in COUNTED.items() if m in measures}
+
+
+def jaccard_interval(counts: DocumentCounts) -> dict[str, float]:
+    """The layer-matching accuracy of one measure's :func:`dictionary_counts` between two
+    models (both directions, layers matched by relative depth) with its 95% interval over
+    the documents, redrawn (:func:`~itda_lens.tools.compare.intervals.accuracy_interval`)."""
     return accuracy_interval(counts={("a", "b"): counts}, resample="documents").to_dict()
+
+
+def _intervals(counts: Mapping[str, DocumentCounts]) -> dict[str, dict[str, float]]:
+    """The result entries ``jaccard_interval`` and ``rarity_jaccard_interval``, for the measures counted."""
+    keys = {JACCARD: "jaccard_interval", RARITY_JACCARD: "rarity_jaccard_interval"}
+    return {keys[m]: jaccard_interval(c) for m, c in counts.items()}
 
 
 def compare_dictionaries(
@@ -306,10 +325,8 @@ def compare_dictionaries(
     the plain one's null when the build token counts are recorded and
     equal (or ``shared_tokens`` is given: with ``min_overlap < 1``, the built-from tokens
     of the two that match by that rule)."""
-    similarity = {
-        JACCARD: jaccard_matrix(dictionaries_a, dictionaries_b, by=by, min_overlap=min_overlap),
-        RARITY_JACCARD: rarity_jaccard_matrix(dictionaries_a, dictionaries_b, by=by, min_overlap=min_overlap),
-    }
+    counts = dictionary_counts(dictionaries_a, dictionaries_b, by=by, min_overlap=min_overlap)
+    similarity = {m: c.jaccard()[0] for m, c in counts.items()}
     result: dict = {
         "model_a": name_a,
         "model_b": name_b,
@@ -321,8 +338,7 @@ def compare_dictionaries(
         "n_atoms_b": [d.n_atoms for d in dictionaries_b.values()],
         "similarity": {m: _rows(s) for m, s in similarity.items()},
         "summary": _summary(similarity),
-        "jaccard_interval": jaccard_interval(dictionaries_a, dictionaries_b, by, min_overlap),
-        "rarity_jaccard_interval": jaccard_interval(dictionaries_a, dictionaries_b, by, min_overlap, RARITY_POWER),
+        **_intervals(counts),
     }
     populations_a = {built_tokens(d) for d in dictionaries_a.values()}
     populations_b = {built_tokens(d) for d in dictionaries_b.values()}
