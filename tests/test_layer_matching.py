@@ -264,6 +264,9 @@ def test_compare_two_seeds(two_seeds, tmp_path):
     assert set(result["summary"]) == set(ALL_MEASURES)
     assert torch.allclose(torch.tensor(result["similarity"][RARITY_JACCARD], dtype=torch.float64), rarity_jaccard_matrix(a.dictionaries, b.dictionaries, by="token"), atol=1e-6)
     assert 0.0 <= result["rarity_jaccard_interval"]["low"] <= result["rarity_jaccard_interval"]["value"] <= result["rarity_jaccard_interval"]["high"] <= 1.0
+    counted_only = compare_models(a, b, measures=[RARITY_JACCARD, JACCARD], by="token")
+    assert list(counted_only["similarity"]) == [RARITY_JACCARD, JACCARD] and counted_only["baseline_tokens"] == 0
+    assert counted_only["similarity"][JACCARD] == result["similarity"][JACCARD]
 
 
 def test_weighted_jaccard_weighs_atoms_by_their_use_on_the_shared_rows(two_seeds):
