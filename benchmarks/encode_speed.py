@@ -8,7 +8,9 @@ textbook loop: one product of the residual with the whole dictionary per step.
 itda-lens is timed twice per size, with the default Gram budget (``--gram-gib``):
 ``cold``, a fresh dictionary whose Gram rows are all still to compute, and ``warm``,
 after encoding ``--warm-tokens`` other tokens (the rows it holds then are those chosen
-most). Above 32,768 atoms the default budget holds only part of the rows.
+most). Above 32,768 atoms the default budget (4 GiB) holds the rows in int8, up to
+65,536 atoms; 131,072 atoms need ``--gram-gib 16.01`` for that, else only part of the rows
+is held.
 
 Data (``--data``):
   - ``smollm2`` (default): real activations of SmolLM2-135M-Instruct at
@@ -18,7 +20,8 @@ Data (``--data``):
   - ``random``: random unit atoms and inputs near the span of 60 atoms drawn uniformly,
     so that no atom is chosen much more than another: the worst case for the cache.
 
-    python benchmarks/encode_speed.py --atoms 2048 8192 32768 131072
+    python benchmarks/encode_speed.py --atoms 2048 8192 32768 65536
+    python benchmarks/encode_speed.py --atoms 131072 --gram-gib 16.01 --warm-tokens 256
 """
 
 from __future__ import annotations
@@ -132,7 +135,7 @@ def main() -> None:
     dictionary(F.normalize(torch.randn(256, 32), dim=1), args).encode(torch.randn(8, 32))  # compile the steps before timing
     print(f"data={args.data} d_model={args.d_model if args.data == 'random' else 576} k={args.k} tokens={args.tokens} "
           f"warm_tokens={args.warm_tokens} device={args.device} threads={torch.get_num_threads()}")
-    print(f"{'atoms':>7} {'plain MP s':>10} {'cold s':>8} {'warm s':>8} {'cold x':>7} {'warm x':>7} {'same':>7} {'error plain/itda':>17} {'rows held':>10} {'Gram MiB':>9} {'peak RSS GiB':>12}")
+    print(f"{'atoms':>7} {'plain MP s':>10} {'cold s':>8} {'warm s':>8} {'cold x':>7} {'warm x':>7} {'same':>7} {'error plain/itda':>17} {'rows held':>10} {'Gram MiB':>9} {'dtype':>7} {'peak RSS GiB':>12}")
     results = []
     for n_atoms in args.atoms:
         if args.data == "smollm2":
@@ -163,12 +166,12 @@ def main() -> None:
         row = {
             "n_atoms": n_atoms, "seconds": seconds, "relative_error_plain": error_plain, "relative_error_itda": error_itda, "speedup_cold": seconds["plain_mp"] / seconds["cold"],
             "speedup_warm": seconds["plain_mp"] / seconds["warm"], "same_indices": same,
-            "rows_held": gram.n_held, "gram_bytes": gram.buffer.numel() * gram.buffer.element_size(),
+            "rows_held": gram.n_held, "gram_bytes": gram.buffer.numel() * gram.buffer.element_size(), "gram_dtype": str(gram.buffer.dtype).removeprefix("torch."),
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         }
         results.append(row)
         print(f"{n_atoms:>7} {seconds['plain_mp']:>10.2f} {seconds['cold']:>8.2f} {seconds['warm']:>8.2f} {row['speedup_cold']:>6.1f}x {row['speedup_warm']:>6.1f}x "
-              f"{100 * same:>6.2f}% {error_plain:>8.5f}/{error_itda:<8.5f} {gram.n_held:>10} {row['gram_bytes'] / 2**20:>9.0f} {row['peak_rss_bytes'] / 2**30:>12.2f}", flush=True)
+              f"{100 * same:>6.2f}% {error_plain:>8.5f}/{error_itda:<8.5f} {gram.n_held:>10} {row['gram_bytes'] / 2**20:>9.0f} {row['gram_dtype']:>7} {row['peak_rss_bytes'] / 2**30:>12.2f}", flush=True)
     print(json.dumps({"data": args.data, "k": args.k, "tokens": args.tokens, "results": results}))
 
 

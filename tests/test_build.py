@@ -65,11 +65,14 @@ def test_a_gram_budget_changes_the_speed_not_the_dictionary():
     torch.manual_seed(0)
     x = torch.randn(1500, 64)
     settings = BuildSettings(k=8, threshold=0.3, step_tokens=100)
-    whole, cached, dense = (DictionaryBuilder(64, settings, gram_bytes=budget) for budget in (1 << 30, 64 * 1024 * 4, 0))
+    budgets = (1 << 30, 64 * 1024 * 4, 1024 * 1024, 0)  # every row; 64 rows; every row in int8; none
+    whole, cached, quantized, dense = (DictionaryBuilder(64, settings, gram_bytes=budget) for budget in budgets)
     added = whole.update(x)
     assert whole._gram.complete and whole.n_atoms > 300
     assert cached.update(x) == added and torch.equal(cached.atoms, whole.atoms)
     assert not cached._gram.complete and len(cached._gram.buffer) <= 64
+    assert quantized.update(x) == added and torch.equal(quantized.atoms, whole.atoms)
+    assert quantized._gram.quantized and quantized._gram.complete
     assert dense.update(x)[0] == added[0] and dense._gram is None
 
 

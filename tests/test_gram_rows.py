@@ -2,7 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from itda_lens.core.gram_rows import MIN_ROWS, GramRows, products
+from itda_lens.core import gram_rows
+from itda_lens.core.gram_rows import LEVELS, MARGIN, MIN_ROWS, GramRows, products
 
 
 @pytest.fixture
@@ -28,8 +29,8 @@ def test_a_buffer_with_room_for_every_row_is_the_gram_matrix(atoms):
 
 
 def test_rows_are_made_when_first_wanted_when_not_all_fit(atoms):
-    gram = GramRows(atoms, budget_bytes=599 * 640 * 4)
-    assert len(gram.buffer) == 599 and gram.n_held == 0
+    gram = GramRows(atoms, budget_bytes=149 * 640 * 4)  # below the int8 matrix too (600 * 640 bytes)
+    assert len(gram.buffer) == 149 and gram.n_held == 0
     slots = gram.fetch(torch.tensor([5, 3]))
     assert gram.n_held == 2 and torch.equal(gram.rows()[slots], F.pad((atoms @ atoms.T)[[5, 3]], (0, 40)))
 
@@ -64,3 +65,45 @@ def test_growing_matches_a_fresh_buffer(atoms):
 def test_a_budget_below_one_row_is_refused(atoms):
     with pytest.raises(ValueError, match="holds no row for 600 atoms; give at least 2560 bytes, or 0 for dense"):
         GramRows(atoms, budget_bytes=100)
+
+
+@pytest.fixture
+def shared():
+    # Atoms with a large shared direction, as activations have: the quantized rows'
+    # decomposition then matters.
+    torch.manual_seed(2)
+    return F.normalize(torch.randn(600, 64) + 2.0, dim=1)
+
+
+def quantized_values(gram):
+    """The Gram values the quantized buffer stands for, and how far off each may be."""
+    n, along, across = gram.n_atoms, gram.along[: gram.n_atoms], gram.across[: gram.n_atoms]
+    cosines = gram.rows()[gram.slot][:, :n].float() / LEVELS
+    scale = across[:, None] * across[None, :]
+    return along[:, None] * along[None, :] + scale * cosines, scale * 0.5 / LEVELS + MARGIN
+
+
+def test_an_int8_matrix_when_only_it_fits(shared):
+    exact = shared @ shared.T
+    gram = GramRows(shared, budget_bytes=640 * 600)  # 1 byte a value fits, 4 do not
+    assert gram.quantized and gram.complete and gram.buffer.dtype == torch.int8
+    values, error = quantized_values(gram)
+    assert ((values - exact).abs() <= error).all()
+    assert (error < 0.5 / LEVELS).float().mean() > 0.9  # the shared direction makes most bounds tighter than int8's half step
+    assert not GramRows(shared, budget_bytes=640 * 600 * 4).quantized  # float32 when it fits
+    assert not GramRows(shared, budget_bytes=640 * 599).complete  # a float32 cache when neither fits
+
+
+def test_no_int8_rows_without_the_compiled_steps(shared, monkeypatch):
+    monkeypatch.setattr(gram_rows, "find_spec", lambda name: None)
+    gram = GramRows(shared, budget_bytes=640 * 600)
+    assert not gram.quantized and not gram.complete and gram.buffer.dtype == torch.float32
+
+
+def test_growing_int8_rows_stays_within_the_bound(shared):
+    grown = GramRows(shared[:100], budget_bytes=384 * 300 * 2, room=300)
+    assert grown.quantized
+    for end in (130, 300):
+        grown.grow(shared[:end])
+        values, error = quantized_values(grown)
+        assert grown.complete and ((values - shared[:end] @ shared[:end].T).abs() <= error).all()

@@ -213,3 +213,24 @@ def test_decode_is_weighted_sum(problem):
     val = torch.randn(4, 6, dtype=torch.float64)
     want = (val[:, :, None] * atoms[idx]).sum(1)
     torch.testing.assert_close(pursuit.decode(idx, val, atoms), want)
+
+
+@pytest.mark.parametrize("tolerance", [None, 0.2])
+@pytest.mark.parametrize("screened", [None, 1 / 1000])
+def test_int8_rows_choose_the_atoms_of_float32_rows(monkeypatch, tolerance, screened):
+    # A shared direction, as activations have; with 1/1000 a step that would compute
+    # more than two correlations exactly pauses for all of them.
+    if screened:
+        monkeypatch.setattr(pursuit_numba, "SCREENED", screened)
+    torch.manual_seed(3)
+    atoms = F.normalize(torch.randn(2000, 48) + 1.0, dim=1)
+    x = (torch.randn(120, 48) + 1.0) * torch.rand(120, 1) * 10
+    quantized = GramRows(atoms, budget_bytes=2048 * 2000)
+    assert quantized.quantized
+    want = pursuit.pursuit(x, atoms, 24, gram=GramRows(atoms), tolerance=tolerance)
+    got = pursuit.pursuit(x, atoms, 24, gram=quantized, tolerance=tolerance)
+    assert torch.equal(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])
+    assert quantized.refreshes > (20 if screened else -1)
+    textbook = textbook_mp(x, atoms, 24)
+    assert torch.equal(pursuit.pursuit(x, atoms, 24, gram=quantized, refit=False)[0], textbook[0])

@@ -5,8 +5,19 @@ Gram row ``atoms[i] @ atoms.T`` of the atom ``i`` it chose. :class:`GramRows` ho
 rows in a buffer of at most ``budget_bytes``. When every row fits, all are computed at
 once (one product, and the steps never stop to ask which rows are missing). Otherwise
 the buffer is a cache: a row is computed when a token first chooses its atom, and when
-the buffer is full the rows chosen least often so far make room. Encoding is exact
-either way; only its speed depends on how often the chosen atoms' rows are held.
+the buffer is full the rows chosen least often so far make room. Between the two, when
+the float32 matrix does not fit but an int8 one does (a quarter of the bytes: 131,072
+atoms in 16 GiB), the whole matrix is held :attr:`~GramRows.quantized`, and the compiled
+steps use it only to screen atoms, computing exactly the correlations of the few that
+may be largest (:func:`itda_lens.core.pursuit_numba.screened_steps`). Encoding is exact
+every way; only its speed depends on the rows held.
+
+Quantized rows: activations share a large mean direction ``u`` (most of their Gram
+values are far from 0), so ``G[i, j] = a[i] a[j] + n[i] n[j] cos[i, j]``
+with ``a = atoms @ u`` (:attr:`~GramRows.along`), ``n`` the norms of the atoms' parts
+orthogonal to ``u`` (:attr:`~GramRows.across`) and ``cos`` the cosines of those parts.
+The buffer holds ``round(LEVELS * cos)`` in int8: a value is then off by at most
+``n[i] n[j] / (2 LEVELS)`` plus float rounding, wherever new atoms are added.
 
 Products are taken at least :data:`MIN_ROWS` by :data:`MIN_ROWS`: on the CPU each value
 is then the same whichever atoms it was computed with (``tests/test_gram_rows.py``), so
@@ -16,9 +27,11 @@ standard library only: it runs inside remote nnsight traces.
 
 from __future__ import annotations
 
+from importlib.util import find_spec
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from itda_lens.core.pursuit_blocks import padded_width
@@ -27,7 +40,8 @@ if TYPE_CHECKING:  # annotations only: jaxtyping is absent on a remote nnsight s
     from jaxtyping import Float, Int
 
 #: The default budget of a dictionary's Gram rows (a sixth of a 24 GiB machine): the
-#: whole float32 matrix up to 32,768 atoms, 8,192 rows of a 131,072-atom dictionary.
+#: whole float32 matrix up to 32,768 atoms, the int8 one up to 65,536; 131,072 atoms
+#: need 16 GiB for the int8 matrix (else 8,192 float32 rows are cached).
 GRAM_BYTES = 4 << 30
 
 #: The smallest side of the matrix products that compute Gram values.
@@ -35,6 +49,12 @@ MIN_ROWS = 16
 
 #: Rows computed per product when many are stored at once.
 STORE_ROWS = 1024
+
+#: Quantized rows hold cosines in steps of ``1 / LEVELS``, as int8.
+LEVELS = 127
+
+#: The most a quantized Gram value is off beyond its half step, for float32 rounding.
+MARGIN = 1e-4
 
 
 def rows_within(budget_bytes: int, n_atoms: int, element_size: int = 4) -> int:
@@ -58,13 +78,19 @@ class GramRows:
 
     Row ``slot[i]`` of :attr:`buffer` holds atom ``i``'s Gram row (-1: not held), zero
     beyond the last atom; :attr:`n_held` rows are held. ``room`` atoms fit before the buffer is made again; a builder
-    that appends atoms calls :meth:`grow`.
+    that appends atoms calls :meth:`grow`. When :attr:`quantized` (only where the
+    float32 matrix does not fit and the int8 one does), the buffer is int8 and holds every
+    row's cosines times :data:`LEVELS`, rounded (module docstring), with the atoms' mean
+    :attr:`direction` and the parts :attr:`along` and :attr:`across` it (zero beyond the
+    last atom).
     """
 
     def __init__(self, atoms: Float[Tensor, "n_atoms d_model"], budget_bytes: int = GRAM_BYTES, room: int | None = None):
         self.budget_bytes = budget_bytes
         self.atoms = atoms
         self.uses = torch.zeros(len(atoms), dtype=torch.long, device=atoms.device)
+        #: Times a token's correlations were computed again exactly (quantized rows only).
+        self.refreshes = 0
         self._allocate(max(room or 0, len(atoms)))
 
     @property
@@ -87,15 +113,26 @@ class GramRows:
 
     def _allocate(self, room: int) -> None:
         """A new buffer with columns for ``room`` atoms, holding every row when they
-        all fit, else none yet."""
+        all fit (in int8 when only that fits), else none yet."""
         capacity = rows_within(self.budget_bytes, room, self.atoms.element_size())
+        # int8 rows need the compiled screening steps: float32 atoms on the CPU, numba installed.
+        self.quantized = (
+            capacity < room and rows_within(self.budget_bytes, room, 1) == room
+            and self.atoms.device.type == "cpu" and self.atoms.dtype == torch.float32 and find_spec("numba") is not None
+        )
+        if self.quantized:
+            capacity = room
+            self.direction = F.normalize(self.atoms.mean(dim=0), dim=0)
+            self.along = self.atoms.new_zeros(padded_width(room))
+            self.across = self.atoms.new_zeros(padded_width(room))
+            self._split(0)
         if capacity == 0:
             raise ValueError(
                 f"a Gram budget of {self.budget_bytes} bytes holds no row for {room} atoms; "
                 f"give at least {padded_width(room) * self.atoms.element_size()} bytes, or 0 for dense matching pursuit."
             )
         self.room = room
-        self.buffer = self.atoms.new_zeros(capacity, padded_width(room))
+        self.buffer = self.atoms.new_zeros(capacity, padded_width(room), dtype=torch.int8 if self.quantized else None)
         self.slot = torch.full((self.n_atoms,), -1, dtype=torch.long, device=self.atoms.device)
         self.atom_of = torch.full((capacity,), -1, dtype=torch.long, device=self.atoms.device)
         self.n_held = 0
@@ -105,10 +142,25 @@ class GramRows:
     def _store(self, atoms: Int[Tensor, " a"], slots: Int[Tensor, " a"]) -> None:
         for start in range(0, len(atoms), STORE_ROWS):  # no [a, n_atoms] temporary beside the buffer
             part = slice(start, start + STORE_ROWS)
-            self.buffer[slots[part], : self.n_atoms] = products(self.atoms[atoms[part]], self.atoms)
+            rows = atoms[part]
+            self.buffer[slots[part], : self.n_atoms] = self._stored(products(self.atoms[rows], self.atoms), rows, slice(0, self.n_atoms))
         self.slot[atoms] = slots
         self.atom_of[slots] = atoms
         self.n_held += len(atoms)
+
+    def _split(self, start: int) -> None:
+        """:attr:`along` and :attr:`across` of the atoms from ``start`` on."""
+        along = self.atoms[start:] @ self.direction
+        self.along[start : self.n_atoms] = along
+        self.across[start : self.n_atoms] = (self.atoms[start:] - along[:, None] * self.direction).norm(dim=1)
+
+    def _stored(self, values: Float[Tensor, "a b"], rows: Int[Tensor, " a"] | slice, columns: slice) -> Tensor:
+        """Gram values of atoms ``rows`` and ``columns`` as the buffer holds them (``values`` is overwritten)."""
+        if not self.quantized:
+            return values
+        values.addr_(self.along[rows], self.along[columns], alpha=-1)
+        values.mul_(LEVELS / self.across[rows, None].clamp_min(1e-6)).div_(self.across[None, columns].clamp_min(1e-6))
+        return values.round_().clamp_(-LEVELS, LEVELS).to(torch.int8)
 
     def count(self, indices: Int[Tensor, "n k"]) -> None:
         """Record the atoms an encoding chose: the cache keeps the most chosen."""
@@ -152,7 +204,9 @@ class GramRows:
         self.slot = torch.cat([self.slot, self.slot.new_full((new - old,), -1)])
         free = torch.nonzero(self.atom_of < 0)[:, 0]
         if was_complete and len(free) >= new - old:  # stays complete: the new rows, and their transposes
-            block = products(atoms[old:new], atoms)
+            if self.quantized:
+                self._split(old)
+            block = self._stored(products(atoms[old:new], atoms), slice(old, new), slice(0, new))
             self.buffer[self.slot[:old], old:new] = block[:, :old].T
             self.buffer[free[: new - old], :new] = block
             self.slot[old:new] = free[: new - old]

@@ -7,7 +7,10 @@ Two exact implementations of the same signed k-step matching pursuit (MP):
   (``c <- c - v * G[i]``), since ``atoms @ (x - v * atoms[i]) = c - v * G[i]``.
   A step costs ``n_atoms`` multiply-adds per token instead of ``n_atoms * d_model``.
   The rows come from a :class:`~itda_lens.core.gram_rows.GramRows`: the whole matrix
-  when it fits its memory budget, else a cache of the rows chosen most.
+  when it fits its memory budget, else the whole matrix quantized to int8 when that
+  fits (its rows then only screen the atoms; the few correlations that may be largest
+  are computed exactly: :func:`itda_lens.core.pursuit_numba.screened_steps`), else a
+  cache of the rows chosen most.
   For float32 on the CPU the steps run compiled (:mod:`itda_lens.core.pursuit_numba`) when
   numba is installed.
 - ``dense``: the textbook loop, one product with the whole dictionary per step, for
@@ -84,7 +87,7 @@ def pursuit(
     if chunk_tokens is None:  # the dense steps also keep the chosen atoms, [chunk, k, d_model]
         per_token = width if gram is not None else max(width, k * atoms.shape[1])
         chunk_tokens = max(1, CHUNK_ELEMENTS // per_token)
-        if gram is not None and not gram.complete:  # rows made on demand: more tokens share each product
+        if gram is not None and (gram.quantized or not gram.complete):  # more tokens share each product of rows or correlations
             chunk_tokens = max(chunk_tokens, CACHE_CHUNK_TOKENS)
     steps = _steps_for(x) if gram is not None else None
     if steps is _gram_steps:  # a step's distinct atoms must all fit the buffer at once
@@ -98,7 +101,12 @@ def pursuit(
         correlations[:, :n_atoms] = chunk @ atoms.T
         if gram is not None:
             enough = None if tolerance is None else (1.0 - tolerance + STOP_SLACK) * chunk.double().square().sum(dim=1)
-            idx, val, pair, ran = steps(correlations.clone(), gram, k, enough)
+            if gram.quantized:  # int8 rows exist only where the compiled steps do
+                from itda_lens.core.pursuit_numba import screened_steps
+
+                idx, val, pair, ran = screened_steps(correlations.clone(), chunk, gram, k, enough)
+            else:
+                idx, val, pair, ran = steps(correlations.clone(), gram, k, enough)
             gram.count(idx)
         else:
             (idx, val, pair), ran = _dense_steps(chunk, padded_atoms, k), None
