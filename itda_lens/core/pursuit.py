@@ -90,6 +90,8 @@ def pursuit(
         if gram is not None and (gram.quantized or not gram.complete):  # more tokens share each product of rows or correlations
             chunk_tokens = max(chunk_tokens, CACHE_CHUNK_TOKENS)
     steps = _steps_for(x) if gram is not None else None
+    if gram is not None and gram.quantized:  # int8 rows exist only where the compiled steps do
+        from itda_lens.core.pursuit_numba import screened_steps
     if steps is _gram_steps:  # a step's distinct atoms must all fit the buffer at once
         chunk_tokens = min(chunk_tokens, len(gram.buffer))
     padded_atoms = None if gram is not None else torch.cat([atoms, atoms.new_zeros(width - n_atoms, atoms.shape[1])])
@@ -101,9 +103,7 @@ def pursuit(
         correlations[:, :n_atoms] = chunk @ atoms.T
         if gram is not None:
             enough = None if tolerance is None else (1.0 - tolerance + STOP_SLACK) * chunk.double().square().sum(dim=1)
-            if gram.quantized:  # int8 rows exist only where the compiled steps do
-                from itda_lens.core.pursuit_numba import screened_steps
-
+            if gram.quantized:
                 idx, val, pair, ran = screened_steps(correlations.clone(), chunk, gram, k, enough)
             else:
                 idx, val, pair, ran = steps(correlations.clone(), gram, k, enough)

@@ -118,10 +118,10 @@ def _steps(correlations, gram, stride, slot, k, enough, idx, val, pair, ran, act
                 row[j] -= coef * atom[j]
 
 
-
 #: The share of atoms whose correlations a screened step computes exactly at most;
-#: beyond it, one product with the whole dictionary recomputes them all. Of 1/32, 1/128
-#: and 1/512, tried with 131,072 SmolLM2 atoms, 1/512 was the fastest.
+#: beyond it, one product with the whole dictionary recomputes them all. 1/512 was the
+#: fastest of 1/32, 1/128 and 1/512 in a scratch timing with 131,072 SmolLM2 atoms (on an
+#: earlier version of these steps; the timing script is not kept).
 SCREENED = 1 / 512
 
 #: Correlations per group whose largest magnitude the screened steps keep.
@@ -144,7 +144,7 @@ def screened_steps(
     which sets their bounds to 0. The chosen atoms' Gram block is computed at the end."""
     m, width = correlations.shape
     atoms = gram.atoms.numpy()
-    residual = x.float().numpy().copy()
+    residual = x.numpy().copy()  # float32, as the atoms
     idx = np.zeros((m, k), np.int64)
     val = np.zeros((m, k), np.float32)
     ran = np.ones(m, np.bool_)
