@@ -107,3 +107,10 @@ def test_growing_int8_rows_stays_within_the_bound(shared):
         grown.grow(shared[:end])
         values, error = quantized_values(grown)
         assert grown.complete and ((values - shared[:end] @ shared[:end].T).abs() <= error).all()
+
+
+def test_outgrowing_int8_rows_leaves_no_split_behind(shared):
+    grown = GramRows(shared[:100], budget_bytes=384 * 300 * 2, room=300)
+    grown.grow(shared[:400])  # room for 600 atoms: neither the float32 nor the int8 matrix fits
+    assert not grown.quantized and grown.buffer.dtype == torch.float32
+    assert grown.direction is None and grown.along is None and grown.across is None

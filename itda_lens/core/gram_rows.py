@@ -82,7 +82,7 @@ class GramRows:
     float32 matrix does not fit and the int8 one does), the buffer is int8 and holds every
     row's cosines times :data:`LEVELS`, rounded (module docstring), with the atoms' mean
     :attr:`direction` and the parts :attr:`along` and :attr:`across` it (zero beyond the
-    last atom).
+    last atom; all three are None otherwise).
     """
 
     def __init__(self, atoms: Float[Tensor, "n_atoms d_model"], budget_bytes: int = GRAM_BYTES, room: int | None = None):
@@ -120,6 +120,7 @@ class GramRows:
             capacity < room and rows_within(self.budget_bytes, room, 1) == room
             and self.atoms.device.type == "cpu" and self.atoms.dtype == torch.float32 and find_spec("numba") is not None
         )
+        self.direction = self.along = self.across = None
         if self.quantized:
             capacity = room
             self.direction = F.normalize(self.atoms.mean(dim=0), dim=0)
@@ -136,7 +137,9 @@ class GramRows:
         self.slot = torch.full((self.n_atoms,), -1, dtype=torch.long, device=self.atoms.device)
         self.atom_of = torch.full((capacity,), -1, dtype=torch.long, device=self.atoms.device)
         self.n_held = 0
-        if capacity >= self.n_atoms:
+        if self.quantized:
+            self._store_quantized()
+        elif capacity >= self.n_atoms:
             self._store(torch.arange(self.n_atoms, device=self.atoms.device), torch.arange(self.n_atoms, device=self.atoms.device))
 
     def _store(self, atoms: Int[Tensor, " a"], slots: Int[Tensor, " a"]) -> None:
@@ -147,6 +150,20 @@ class GramRows:
         self.slot[atoms] = slots
         self.atom_of[slots] = atoms
         self.n_held += len(atoms)
+
+    def _store_quantized(self) -> None:
+        """Every row, quantized, in the atoms' order: each block of rows from the diagonal
+        on, and its transpose below it (half the products of :meth:`_store`)."""
+        n = self.n_atoms
+        for start in range(0, n, STORE_ROWS):
+            end = min(start + STORE_ROWS, n)
+            block = self._stored(products(self.atoms[start:end], self.atoms[start:]), slice(start, end), slice(start, n))
+            self.buffer[start:end, start:n] = block
+            self.buffer[end:n, start:end] = block[:, end - start :].T
+        everything = torch.arange(n, device=self.atoms.device)
+        self.slot[:] = everything
+        self.atom_of[:n] = everything
+        self.n_held = n
 
     def _split(self, start: int) -> None:
         """:attr:`along` and :attr:`across` of the atoms from ``start`` on."""
