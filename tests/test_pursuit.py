@@ -172,7 +172,7 @@ def test_repeated_atom_gets_zero_after_refit():
     atoms = F.normalize(torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]), dim=1)
     x = torch.tensor([[3.0, 0.5, 0.0]])
     idx = torch.tensor([[0, 1, 0]])
-    val = pursuit.least_squares_refit(x @ atoms.T, idx, atoms[idx] @ atoms[idx].transpose(1, 2))
+    val = pursuit.least_squares_refit(x, atoms, idx, atoms[idx] @ atoms[idx].transpose(1, 2))
     assert val[0, 2] == 0
     torch.testing.assert_close(pursuit.decode(idx, val, atoms), x)
 
@@ -232,6 +232,7 @@ def test_int8_rows_choose_the_atoms_of_float32_rows(monkeypatch, tolerance, scre
     assert torch.equal(got[0], want[0])
     torch.testing.assert_close(got[1], want[1])
     if screened:
-        assert quantized.refreshes > 20
+        assert quantized.refreshes > 10
     textbook = textbook_mp(x, atoms, 24)
     assert torch.equal(pursuit.pursuit(x, atoms, 24, gram=quantized, refit=False)[0], textbook[0])
+    assert torch.equal(pursuit.pursuit(x, atoms, 1, gram=quantized)[0], textbook_mp(x, atoms, 1)[0])  # the exact first step only

@@ -53,6 +53,7 @@ CACHE_CHUNK_TOKENS = 256
 STOP_SLACK = 1e-4
 
 
+@torch.no_grad()  # codes are chosen, not differentiated: :func:`coefficients` gives differentiable values
 def pursuit(
     x: Float[Tensor, "n d_model"],
     atoms: Float[Tensor, "n_atoms d_model"],
@@ -97,23 +98,25 @@ def pursuit(
     padded_atoms = None if gram is not None else torch.cat([atoms, atoms.new_zeros(width - n_atoms, atoms.shape[1])])
     indices = torch.empty(x.shape[0], k, dtype=torch.long, device=x.device)
     values = torch.empty(x.shape[0], k, dtype=x.dtype, device=x.device)
+    # One buffer for every chunk's correlations, zero beyond the last atom (the steps keep it so).
+    buffer = x.new_zeros(min(chunk_tokens, x.shape[0]), width) if gram is not None else None
     for start in range(0, x.shape[0], chunk_tokens):
         chunk = x[start : start + chunk_tokens]
-        correlations = chunk.new_zeros(len(chunk), width)
-        correlations[:, :n_atoms] = chunk @ atoms.T
         if gram is not None:
+            correlations = buffer[: len(chunk)]
+            torch.mm(chunk, atoms.T, out=correlations[:, :n_atoms])
             enough = None if tolerance is None else (1.0 - tolerance + STOP_SLACK) * chunk.double().square().sum(dim=1)
             if gram.quantized:
-                idx, val, pair, ran = screened_steps(correlations.clone(), chunk, gram, k, enough)
+                idx, val, pair, ran = screened_steps(correlations, chunk, gram, k, enough)
             else:
-                idx, val, pair, ran = steps(correlations.clone(), gram, k, enough)
+                idx, val, pair, ran = steps(correlations, gram, k, enough)
             gram.count(idx)
         else:
             (idx, val, pair), ran = _dense_steps(chunk, padded_atoms, k), None
         if refit and ran is None:
-            val = least_squares_refit(correlations, idx, pair)
+            val = least_squares_refit(chunk, atoms, idx, pair)
         elif refit and len(ran):
-            val[ran] = least_squares_refit(correlations[ran], idx[ran], pair[ran])
+            val[ran] = least_squares_refit(chunk[ran], atoms, idx[ran], pair[ran])
         indices[start : start + chunk_tokens] = idx
         values[start : start + chunk_tokens] = val
     return indices, values
@@ -137,8 +140,8 @@ def _gram_steps(
     k: int,
     enough: Float[Tensor, " m"] | None = None,
 ) -> tuple[Int[Tensor, "m k"], Float[Tensor, "m k"], Float[Tensor, "m k k"], Int[Tensor, " r"] | None]:
-    """The MP steps, also returning the chosen atoms' Gram block (read from the rows
-    each step fetches anyway). The rows a step's tokens chose are fetched into ``gram``
+    """The MP steps (``correlations`` is overwritten), also returning the chosen atoms'
+    Gram block (read from the rows each step fetches anyway). The rows a step's tokens chose are fetched into ``gram``
     first (``m`` is at most its buffer's length, so they all fit).
 
     With ``enough``, a token stops once its coefficients' squares (the energy the MP
@@ -217,11 +220,11 @@ def _abs_argmax(values: Float[Tensor, "m width"]) -> Int[Tensor, " m"]:
 
 
 def least_squares_refit(
-    correlations: Float[Tensor, "m width"], idx: Int[Tensor, "m k"], pair: Float[Tensor, "m k k"]
+    x: Float[Tensor, "m d_model"], atoms: Float[Tensor, "n_atoms d_model"], idx: Int[Tensor, "m k"], pair: Float[Tensor, "m k k"]
 ) -> Float[Tensor, "m k"]:
-    """Least-squares coefficients on the atoms ``idx`` from ``correlations = x @ atoms.T``
-    and the atoms' Gram block ``pair = atoms[idx] @ atoms[idx].T``."""
-    return solve_coefficients(pair, correlations.gather(1, idx), idx, refit=True)
+    """Least-squares coefficients of ``x`` on the atoms ``idx``, given their Gram block
+    ``pair = atoms[idx] @ atoms[idx].T``."""
+    return solve_coefficients(pair, (atoms[idx] @ x[:, :, None])[:, :, 0], idx, refit=True)
 
 
 def coefficients(

@@ -121,7 +121,8 @@ def _steps(correlations, gram, stride, slot, k, enough, idx, val, pair, ran, act
 #: The share of atoms whose correlations a screened step computes exactly at most;
 #: beyond it, one product with the whole dictionary recomputes them all. 1/512 was the
 #: fastest of 1/32, 1/128 and 1/512 in a scratch timing with 131,072 SmolLM2 atoms (on an
-#: earlier version of these steps; the timing script is not kept).
+#: earlier version of these steps; the timing script is not kept). Since the first step
+#: is exact such pauses are rare (``benchmarks/encode_speed.py`` prints how rare).
 SCREENED = 1 / 512
 
 #: Correlations per group whose largest magnitude the screened steps keep.
@@ -134,8 +135,11 @@ def screened_steps(
     """The ``gram`` steps over quantized Gram rows (``gram.quantized``): same outputs
     as :func:`gram_steps`, and the same atoms up to float rounding.
 
-    ``correlations`` (``x @ atoms.T``, overwritten) is updated with the quantized rows,
-    so atom ``j``'s entry is off by at most ``spread * across[j] + margin``, sums over
+    The first step is taken on the exact ``correlations`` (``x @ atoms.T``, overwritten),
+    which are then computed again from its residual (one product): its coefficient is
+    by far the largest (activations share a large mean direction), and its quantized
+    update would widen the bounds the most. From then on they are updated with the
+    quantized rows, so atom ``j``'s entry is off by at most ``spread * across[j] + margin``, sums over
     the steps so far (:mod:`itda_lens.core.gram_rows`). Each step computes exactly, from
     the residual, the correlations of the atoms whose entries may be the largest within
     those bounds (the top one's group first, then the groups whose bound reaches the best found), and
@@ -143,19 +147,26 @@ def screened_steps(
     them pauses; the paused tokens' correlations are then computed exactly (one product),
     which sets their bounds to 0. The chosen atoms' Gram block is computed at the end."""
     m, width = correlations.shape
-    atoms = gram.atoms.numpy()
-    residual = x.numpy().copy()  # float32, as the atoms
+    n_atoms = gram.n_atoms
+    exact = correlations[:, :n_atoms]
+    first = exact.abs().argmax(dim=1)  # ties to the first index, as in the compiled steps
+    coef = exact.gather(1, first[:, None])
+    residual = (x - coef * gram.atoms[first]).numpy()  # float32, as the atoms
     idx = np.zeros((m, k), np.int64)
     val = np.zeros((m, k), np.float32)
+    idx[:, 0], val[:, 0] = first.numpy(), coef[:, 0].numpy()
     ran = np.ones(m, np.bool_)
     limit = np.full(m, np.inf) if enough is None else enough.double().numpy()
-    done = np.zeros(m, np.int64)
-    removed = np.zeros(m, np.float64)
+    done = np.ones(m, np.int64)
+    removed = val[:, 0].astype(np.float64) ** 2
+    if k > 1:
+        torch.mm(torch.from_numpy(residual), gram.atoms.T, out=exact)
     spread = np.zeros(m, np.float64)
     margin = np.zeros(m, np.float64)
     paused = np.zeros(m, np.bool_)
-    active = np.arange(m)
-    most = max(1, int(len(atoms) * SCREENED))
+    active = np.arange(m) if k > 1 else np.arange(0)
+    atoms = gram.atoms.numpy()
+    most = max(1, int(n_atoms * SCREENED))
     along, across = gram.along.numpy(), gram.across.numpy()
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     while len(active):
@@ -164,7 +175,7 @@ def screened_steps(
         active = np.flatnonzero(paused)
         if len(active):
             gram.refreshes += len(active)
-            correlations[active, : len(atoms)] = torch.from_numpy(residual[active]) @ gram.atoms.T
+            correlations[active, :n_atoms] = torch.from_numpy(residual[active]) @ gram.atoms.T
             spread[active] = margin[active] = 0.0
     finished = None if ran.all() else torch.from_numpy(np.flatnonzero(ran))
     chosen = gram.atoms[torch.from_numpy(idx)]
