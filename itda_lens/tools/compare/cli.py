@@ -159,8 +159,9 @@ def _print_summary(result: dict) -> None:
         for i, row in enumerate(jaccard):
             null = result.get("jaccard_null")
             print(f"  {i:>3} " + " ".join(f"{v:.3f}" + (f"/{null[i][j]:.3f}" if null else "") for j, v in enumerate(row)))
+    width = max(map(len, result["summary"]), default=0)
     for measure, entry in result["summary"].items():
-        print(f"{measure:>14}: best layer of B for each layer of A {entry['best_match_b']}; relative-depth accuracy {entry['matching_accuracy']:.2f}")
+        print(f"{measure:>{width}}: best layer of B for each layer of A {entry['best_match_b']}; relative-depth accuracy {entry['matching_accuracy']:.2f}")
     for key, label in (("jaccard_interval", "ITDA Jaccard"), ("rarity_jaccard_interval", "rarity-weighted ITDA Jaccard")):
         if key in result:
             interval = result[key]
