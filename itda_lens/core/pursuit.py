@@ -53,7 +53,6 @@ CACHE_CHUNK_TOKENS = 256
 STOP_SLACK = 1e-4
 
 
-@torch.no_grad()  # codes are chosen, not differentiated: :func:`coefficients` gives differentiable values
 def pursuit(
     x: Float[Tensor, "n d_model"],
     atoms: Float[Tensor, "n_atoms d_model"],
@@ -100,25 +99,26 @@ def pursuit(
     values = torch.empty(x.shape[0], k, dtype=x.dtype, device=x.device)
     # One buffer for every chunk's correlations, zero beyond the last atom (the steps keep it so).
     buffer = x.new_zeros(min(chunk_tokens, x.shape[0]), width) if gram is not None else None
-    for start in range(0, x.shape[0], chunk_tokens):
-        chunk = x[start : start + chunk_tokens]
-        if gram is not None:
-            correlations = buffer[: len(chunk)]
-            torch.mm(chunk, atoms.T, out=correlations[:, :n_atoms])
-            enough = None if tolerance is None else (1.0 - tolerance + STOP_SLACK) * chunk.double().square().sum(dim=1)
-            if gram.quantized:
-                idx, val, pair, ran = screened_steps(correlations, chunk, gram, k, enough)
+    with torch.no_grad():  # codes are chosen, not differentiated (:func:`coefficients` is)
+        for start in range(0, x.shape[0], chunk_tokens):
+            chunk = x[start : start + chunk_tokens]
+            if gram is not None:
+                correlations = buffer[: len(chunk)]
+                torch.mm(chunk, atoms.T, out=correlations[:, :n_atoms])
+                enough = None if tolerance is None else (1.0 - tolerance + STOP_SLACK) * chunk.double().square().sum(dim=1)
+                if gram.quantized:
+                    idx, val, pair, ran = screened_steps(correlations, chunk, gram, k, enough)
+                else:
+                    idx, val, pair, ran = steps(correlations, gram, k, enough)
+                gram.count(idx)
             else:
-                idx, val, pair, ran = steps(correlations, gram, k, enough)
-            gram.count(idx)
-        else:
-            (idx, val, pair), ran = _dense_steps(chunk, padded_atoms, k), None
-        if refit and ran is None:
-            val = least_squares_refit(chunk, atoms, idx, pair)
-        elif refit and len(ran):
-            val[ran] = least_squares_refit(chunk[ran], atoms, idx[ran], pair[ran])
-        indices[start : start + chunk_tokens] = idx
-        values[start : start + chunk_tokens] = val
+                (idx, val, pair), ran = _dense_steps(chunk, padded_atoms, k), None
+            if refit and ran is None:
+                val = least_squares_refit(chunk, atoms, idx, pair)
+            elif refit and len(ran):
+                val[ran] = least_squares_refit(chunk[ran], atoms, idx[ran], pair[ran])
+            indices[start : start + chunk_tokens] = idx
+            values[start : start + chunk_tokens] = val
     return indices, values
 
 
