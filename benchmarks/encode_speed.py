@@ -160,9 +160,9 @@ def main() -> None:
         seconds = {"plain_mp": statistics.median(plain), "cold": statistics.median(cold), "warm": statistics.median(warm)}
         want = plain_mp(x, atoms, args.k)
         gram = warm_itda.gram_rows()
-        before = gram.refreshes
+        before = gram.recomputed
         codes = warm_itda.encode(x)
-        recomputed = (gram.refreshes - before) / len(x)
+        recomputed = (gram.recomputed - before) / len(x)
         same = float((codes.indices == want[0]).float().mean())
         # Where the two choose differently (ties in float rounding), the reconstructions must still agree.
         error_plain = float(relative_error(x, warm_itda.decode(want)).mean())

@@ -232,7 +232,7 @@ def test_int8_rows_choose_the_atoms_of_float32_rows(monkeypatch, tolerance, scre
     assert torch.equal(got[0], want[0])
     torch.testing.assert_close(got[1], want[1])
     if screened:
-        assert quantized.refreshes > 10
+        assert quantized.recomputed > 10
     textbook = textbook_mp(x, atoms, 24)
     assert torch.equal(pursuit.pursuit(x, atoms, 24, gram=quantized, refit=False)[0], textbook[0])
     assert torch.equal(pursuit.pursuit(x, atoms, 1, gram=quantized)[0], textbook_mp(x, atoms, 1)[0])  # the exact first step only

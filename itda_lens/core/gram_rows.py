@@ -90,7 +90,7 @@ class GramRows:
         self.atoms = atoms
         self.uses = torch.zeros(len(atoms), dtype=torch.long, device=atoms.device)
         #: Times a token's correlations were computed again exactly (quantized rows only).
-        self.refreshes = 0
+        self.recomputed = 0
         self._allocate(max(room or 0, len(atoms)))
 
     @property

@@ -141,8 +141,9 @@ def _gram_steps(
     enough: Float[Tensor, " m"] | None = None,
 ) -> tuple[Int[Tensor, "m k"], Float[Tensor, "m k"], Float[Tensor, "m k k"], Int[Tensor, " r"] | None]:
     """The MP steps (``correlations`` is overwritten), also returning the chosen atoms'
-    Gram block (read from the rows each step fetches anyway). The rows a step's tokens chose are fetched into ``gram``
-    first (``m`` is at most its buffer's length, so they all fit).
+    Gram block (read from the rows each step fetches anyway). The rows a step's tokens
+    chose are fetched into ``gram`` first (``m`` is at most its buffer's length, so they
+    all fit).
 
     With ``enough``, a token stops once its coefficients' squares (the energy the MP
     steps removed) reach it; its later slots repeat its first atom with value 0. The

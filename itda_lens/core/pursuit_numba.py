@@ -139,11 +139,11 @@ def screened_steps(
     which are then computed again from its residual (one product): its coefficient is
     by far the largest (activations share a large mean direction), and its quantized
     update would widen the bounds the most. From then on they are updated with the
-    quantized rows, so atom ``j``'s entry is off by at most ``spread * across[j] + margin``, sums over
-    the steps so far (:mod:`itda_lens.core.gram_rows`). Each step computes exactly, from
-    the residual, the correlations of the atoms whose entries may be the largest within
-    those bounds (the top one's group first, then the groups whose bound reaches the best found), and
-    takes the largest. A token whose step would compute more than :data:`SCREENED` of
+    quantized rows, so atom ``j``'s entry is off by at most ``spread * across[j] + margin``,
+    sums over the steps so far (:mod:`itda_lens.core.gram_rows`). Each step computes
+    exactly, from the residual, the correlations of the atoms whose entries may be the
+    largest within those bounds (the top one's group first, then the groups whose bound
+    reaches the best found), and takes the largest. A token whose step would compute more than :data:`SCREENED` of
     them pauses; the paused tokens' correlations are then computed exactly (one product),
     which sets their bounds to 0. The chosen atoms' Gram block is computed at the end."""
     m, width = correlations.shape
@@ -174,7 +174,7 @@ def screened_steps(
                   most, k, limit, idx, val, ran, active, done, removed, spread, margin, paused)
         active = np.flatnonzero(paused)
         if len(active):
-            gram.refreshes += len(active)
+            gram.recomputed += len(active)
             correlations[active, :n_atoms] = torch.from_numpy(residual[active]) @ gram.atoms.T
             spread[active] = margin[active] = 0.0
     finished = None if ran.all() else torch.from_numpy(np.flatnonzero(ran))
