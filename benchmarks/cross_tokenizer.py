@@ -60,7 +60,7 @@ from itda_lens.core.config import BuildSettings
 from itda_lens.core.text import file_documents, select_split, token_batches
 from itda_lens.tools.compare.comparison import ALL_MEASURES, JACCARD, RARITY_JACCARD, jaccard_null_matrix, model_similarities
 from itda_lens.tools.compare.heatmap import similarity_heatmaps
-from itda_lens.tools.compare.intervals import accuracy_interval, document_counts
+from itda_lens.tools.compare.intervals import Interval, accuracy_draws, difference_interval, document_counts
 from itda_lens.tools.compare.jaccard import RARITY_POWER, atom_keys, matched_pairs
 from itda_lens.tools.compare.layers import depth_targets
 from itda_lens.tools.compare.model_layers import model_layers
@@ -177,13 +177,17 @@ def main(argv: list[str] | None = None) -> dict:
     cross = [(a, b) for a, b in pairs if group[a] != group[b]]
     draws = {"draws": args.draws, "groups": group}
 
+    def accuracies(measure: str, subset: list, include_self: bool, overlap: float = args.min_overlap) -> torch.Tensor:
+        """Accuracy and its bootstrap draws; every measure redraws the same models."""
+        if measure in dictionary_measures:
+            found = counts[overlap] if measure == JACCARD else rarity_counts
+            return accuracy_draws(counts={p: found[p] for p in subset}, include_self=include_self, **draws)
+        return accuracy_draws({p: matrices[measure][p] for p in subset}, include_self=include_self, resample="models", **draws)
+
     def interval(measure: str, subset: list, include_self: bool, overlap: float = args.min_overlap):
         if not include_self and all(a == b for a, b in subset):
             return "-"
-        if measure in dictionary_measures:
-            found = counts[overlap] if measure == JACCARD else rarity_counts
-            return accuracy_interval(counts={p: found[p] for p in subset}, include_self=include_self, **draws)
-        return accuracy_interval({p: matrices[measure][p] for p in subset}, include_self=include_self, resample="models", **draws)
+        return Interval.of_draws(accuracies(measure, subset, include_self, overlap))
 
     n = len(names)
     print(f"\n{n} models; ITDA Jaccard with min_overlap {args.min_overlap}, baselines aligned by {args.align}")
@@ -195,6 +199,16 @@ def main(argv: list[str] | None = None) -> dict:
         row = {"same_cross_model": interval(measure, same, False), "same_with_self": interval(measure, same, True), "cross_tokenizer": interval(measure, cross, False)}
         table[measure] = row
         print(f"{measure:<22} {row['same_cross_model']!s:>28} {row['same_with_self']!s:>28} {row['cross_tokenizer']!s:>28}", flush=True)
+    print("\nITDA Jaccard minus each baseline, paired over the same redrawn models [95% interval; above 0: ahead]:")
+    print(f"{'':<46} {'same tokenizer, cross-model':>28} {'cross-tokenizer':>28}")
+    gaps = {}
+    for measure in dictionary_measures:
+        for baseline in baselines:
+            gaps[f"{measure} - {baseline}"] = row = {
+                label: "-" if all(a == b for a, b in subset) else difference_interval(accuracies(measure, subset, False), accuracies(baseline, subset, False))
+                for label, subset in (("same_cross_model", same), ("cross_tokenizer", cross))
+            }
+            print(f"  {measure + ' - ' + baseline:<44} {row['same_cross_model']!s:>28} {row['cross_tokenizer']!s:>28}")
     if len(overlaps) > 1:
         print("\nITDA Jaccard by min_overlap (cross-tokenizer; same tokenizer cross-model):")
         for overlap in overlaps:
@@ -235,6 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "accuracy": {m: {k: v if isinstance(v, str) else v.to_dict() for k, v in row.items()} for m, row in table.items()},
+        "paired_gaps": {name: {k: v if isinstance(v, str) else v.to_dict() for k, v in row.items()} for name, row in gaps.items()},
         "whole_model_jaccard": whole,
         "matrices": {m: {f"{a}|{b}": s.tolist() for (a, b), s in matrices[m].items()} for m in matrices},
         "seconds": {**seconds, "total": total},

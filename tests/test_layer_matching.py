@@ -32,7 +32,7 @@ from itda_lens.tools.compare import (
     rarity_weights,
     ruzicka,
 )
-from itda_lens.tools.compare.intervals import accuracy_interval, document_counts
+from itda_lens.tools.compare.intervals import accuracy_draws, accuracy_interval, difference_interval, document_counts
 from itda_lens.tools.compare.layers import depth_targets, ordered_pairs
 from itda_lens.tools.compare.occurrences import shared_rows, trimmed_span
 
@@ -121,6 +121,28 @@ def test_document_counts_give_the_jaccard_and_redraw_documents():
     assert found.value == pytest.approx(matching_accuracy({("a", "b"): counts.jaccard()[0]}))
     assert 0.0 <= found.low <= found.value <= found.high <= 1.0
 
+
+
+def test_difference_interval_pairs_the_draws_of_two_measures():
+    pairs = [("a", "b"), ("a", "c"), ("b", "c")]
+    perfect = {pair: torch.eye(3) for pair in pairs}
+    worse = {("a", "b"): S_AB, ("a", "c"): torch.eye(3), ("b", "c"): S_AB}
+    ahead = accuracy_draws(perfect, resample="models", draws=300)
+    behind = accuracy_draws(worse, resample="models", draws=300)
+    gap = difference_interval(ahead, behind)
+    assert gap.value == pytest.approx(1.0 - matching_accuracy(worse))
+    # Paired: each draw's gap is the worse measure's misses on the same models, never below 0.
+    assert 0.0 <= gap.low <= gap.value <= gap.high
+    assert difference_interval(behind, behind).high == 0.0
+    # Counts and matrices of the same Jaccards, models redrawn: the very same draws.
+    a = [hand_dictionary(X, Y), hand_dictionary(Z, W)]
+    b = [hand_dictionary(X, Z), hand_dictionary(Z, W)]
+    counts = {("a", "b"): document_counts(a, b), ("a", "c"): document_counts(a, a), ("b", "c"): document_counts(b, a)}
+    matrices = {pair: c.jaccard()[0] for pair, c in counts.items()}
+    from_counts = accuracy_draws(counts=counts, resample="models", draws=50)
+    torch.testing.assert_close(from_counts, accuracy_draws(matrices, resample="models", draws=50), rtol=0, atol=0, equal_nan=True)
+    with pytest.raises(ValueError, match="same number of draws"):
+        difference_interval(ahead, behind[:10])
 
 def hand_dictionary(*keys) -> ITDA:
     """A dictionary of random atoms at hand-made ``(doc, start, end)`` spans."""

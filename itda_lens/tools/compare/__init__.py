@@ -21,7 +21,7 @@ from itda_lens.tools.compare.comparison import (
     model_similarities,
 )
 from itda_lens.tools.compare.heatmap import similarity_heatmaps
-from itda_lens.tools.compare.intervals import DocumentCounts, Interval, accuracy_interval, document_counts
+from itda_lens.tools.compare.intervals import DocumentCounts, Interval, accuracy_draws, accuracy_interval, difference_interval, document_counts
 from itda_lens.tools.compare.jaccard import (
     JaccardReport,
     atom_keys,
@@ -65,12 +65,14 @@ __all__ = [
     "Interval",
     "JaccardReport",
     "ModelLayers",
+    "accuracy_draws",
     "accuracy_interval",
     "atom_keys",
     "compare_dictionaries",
     "compare_models",
     "debiased_cka",
     "depth_targets",
+    "difference_interval",
     "document_counts",
     "expected_jaccard",
     "jaccard",

@@ -1,9 +1,9 @@
 """Bootstrap confidence intervals of layer-matching accuracy.
 
 Two things in a layer-matching result are chance: which models were trained (their
-seeds) and which documents the dictionaries were built on. :func:`accuracy_interval`
-redraws either or both, with replacement, and reports the percentile interval of the
-accuracy over the draws:
+seeds) and which documents the dictionaries were built on. :func:`accuracy_draws`
+redraws either or both, with replacement, and :func:`accuracy_interval` reports the percentile
+interval of the accuracy over the draws:
 
 - models: each draw takes as many models as there are, from each group (e.g. one group
   per tokenizer) separately; an ordered pair of drawn models counts once per way to draw
@@ -14,6 +14,9 @@ accuracy over the draws:
   document by how often it is drawn. Jaccard over a set of documents is a ratio of sums of
   per-document counts (:class:`DocumentCounts`), so it is recomputed exactly for every draw. The baselines'
   matrices would need their activations recomputed per draw and are held fixed.
+
+Whether one measure beats another is read from :func:`difference_interval`: the
+interval of the accuracy gap over draws that redraw the same models for both.
 """
 
 from __future__ import annotations
@@ -46,6 +49,17 @@ class Interval:
 
     def to_dict(self) -> dict[str, float]:
         return {"value": self.value, "low": self.low, "high": self.high}
+
+    @classmethod
+    def of_draws(cls, draws: Float[Tensor, " draws_plus_one"], level: float = 0.95) -> Interval:
+        """The value as given (entry 0) with the central ``level`` percentile interval of
+        the bootstrap draws after it (NaN draws left out)."""
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"level must lie in (0, 1), got {level}.")
+        decided = draws[1:][~draws[1:].isnan()]
+        tail = (1.0 - level) / 2
+        low, high = torch.quantile(decided, torch.tensor([tail, 1.0 - tail], dtype=torch.float64)).tolist()
+        return cls(float(draws[0]), low, high)
 
 
 @dataclass
@@ -108,38 +122,39 @@ def document_counts(
     return DocumentCounts(list(docs), sizes(weights_a), sizes(weights_b), common)
 
 
-def accuracy_interval(
+def accuracy_draws(
     matrices: Mapping[PairKey, Tensor] | None = None,
     counts: Mapping[PairKey, DocumentCounts] | None = None,
     include_self: bool = False,
     resample: Resample = "both",
     groups: Mapping[str, str] | None = None,
     draws: int = 1000,
-    level: float = 0.95,
     seed: int = 0,
-) -> Interval:
+) -> Float[Tensor, " draws_plus_one"]:
     """Layer-matching accuracy (:func:`~itda_lens.tools.compare.layers.matching_accuracy`)
-    with its bootstrap interval (see the module doc). Give ``matrices`` (held fixed), or
+    on the models and documents as given (entry 0), then on each bootstrap draw (see the
+    module doc; NaN for a draw left with no pair). Give ``matrices`` (held fixed), or
     ``counts`` for ITDA Jaccard (documents can be redrawn), per pair of models given once
     as ``(a, b)`` (and ``(a, a)`` for self-pairs). ``groups`` maps each model to the group
-    it is redrawn within (default: one group)."""
+    it is redrawn within (default: one group).
+
+    Models and documents are drawn from streams of their own, so two measures' draws with
+    the same ``seed`` over the same models and ``groups`` redraw the same models: their
+    difference is paired (:func:`difference_interval`)."""
     if (matrices is None) == (counts is None):
         raise ValueError("give matrices or counts (one of them).")
     if resample not in ("models", "documents", "both"):
         raise ValueError(f"resample must be 'models', 'documents' or 'both', got {resample!r}.")
     if resample != "models" and counts is None:
         raise ValueError("redrawing documents needs counts (ITDA Jaccard); the baselines' matrices can only redraw models.")
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must lie in (0, 1), got {level}.")
     given = matrices if matrices is not None else counts
-    generator = torch.Generator().manual_seed(seed)
     if counts is not None:
         docs = next(iter(counts.values())).docs
         if any(c.docs != docs for c in counts.values()):
             raise ValueError("every pair's counts must be over the same documents (pass docs= to document_counts).")
         weights = torch.ones(len(docs), draws + 1, dtype=torch.float64)
         if resample != "models":
-            picks = torch.randint(len(docs), (len(docs), draws), generator=generator)
+            picks = torch.randint(len(docs), (len(docs), draws), generator=torch.Generator().manual_seed(seed + 1))
             weights[:, 1:] = torch.zeros(len(docs), draws, dtype=torch.float64).scatter_add_(0, picks, torch.ones_like(picks, dtype=torch.float64))
         similarity = {pair: c.jaccard(weights) for pair, c in counts.items()}
     else:
@@ -155,9 +170,10 @@ def accuracy_interval(
     names = sorted({name for pair in pairs for name in pair})
     count = torch.ones(draws + 1, len(names), dtype=torch.float64)
     if resample != "documents":
+        generator = torch.Generator().manual_seed(seed)
         group_of = {name: (groups or {}).get(name, "") for name in names}
         count[1:] = 0
-        for group in set(group_of.values()):
+        for group in sorted(set(group_of.values())):
             members = torch.tensor([i for i, name in enumerate(names) if group_of[name] == group])
             picks = members[torch.randint(len(members), (draws, len(members)), generator=generator)]
             count[1:].scatter_add_(1, picks, torch.ones_like(picks, dtype=torch.float64))
@@ -168,9 +184,34 @@ def accuracy_interval(
         weight = count[:, index[a]] * (count[:, index[b]] if a != b else 1.0)
         total += weight * score
         decisions += weight * rows[(a, b)]
-    accuracy = total / decisions.clamp_min(1)
     # A draw of copies of one model only has no cross-model pair: it decides nothing.
-    decided = accuracy[1:][decisions[1:] > 0]
-    tail = (1.0 - level) / 2
-    low, high = torch.quantile(decided, torch.tensor([tail, 1.0 - tail], dtype=torch.float64)).tolist()
-    return Interval(float(accuracy[0]), low, high)
+    return torch.where(decisions > 0, total / decisions.clamp_min(1), torch.full_like(total, float("nan")))
+
+
+def accuracy_interval(
+    matrices: Mapping[PairKey, Tensor] | None = None,
+    counts: Mapping[PairKey, DocumentCounts] | None = None,
+    include_self: bool = False,
+    resample: Resample = "both",
+    groups: Mapping[str, str] | None = None,
+    draws: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """Layer-matching accuracy with the percentile interval of its bootstrap draws
+    (:func:`accuracy_draws`, which takes the same arguments but ``level``)."""
+    return Interval.of_draws(accuracy_draws(matrices, counts, include_self, resample, groups, draws, seed), level)
+
+
+def difference_interval(
+    first: Float[Tensor, " draws_plus_one"], second: Float[Tensor, " draws_plus_one"], level: float = 0.95
+) -> Interval:
+    """How much more accurate ``first`` is than ``second``, with the percentile interval
+    of the paired difference: both from :func:`accuracy_draws` with the same models,
+    ``groups``, ``draws`` and ``seed``. An interval above 0 says ``first`` is ahead at
+    this level, on the models both measures saw; two separate intervals ignore that they
+    saw the same ones."""
+    if first.shape != second.shape:
+        raise ValueError(f"both measures need the same number of draws, got {len(first) - 1} and {len(second) - 1}.")
+    return Interval.of_draws(first - second, level)
+
