@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
         row = {"same_cross_model": interval(measure, same, False), "same_with_self": interval(measure, same, True), "cross_tokenizer": interval(measure, cross, False)}
         table[measure] = row
         print(f"{measure:<22} {row['same_cross_model']!s:>28} {row['same_with_self']!s:>28} {row['cross_tokenizer']!s:>28}", flush=True)
-    print("\nITDA Jaccard minus each baseline, paired over the same redrawn models [95% interval; above 0: ahead]:")
+    print("\nITDA Jaccard (plain, rarity-weighted) minus each other measure, paired over the same redrawn models [95% interval; above 0: ahead]:")
     print(f"{'':<46} {'same tokenizer, cross-model':>28} {'cross-tokenizer':>28}")
     gaps = {}
     for measure in dictionary_measures:
