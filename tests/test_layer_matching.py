@@ -373,6 +373,12 @@ def test_compare_saved_dictionaries(two_seeds, tmp_path):
     assert (tmp_path / "out" / "similarity.png").exists()
     first = two_seeds[0].dictionaries["blocks.0.hook_resid_post"]
     assert result["similarity"][JACCARD][0][0] == pytest.approx(jaccard(first, two_seeds[1].dictionaries["blocks.0.hook_resid_post"], by="token"))
+    # --rarity-power 0 weighs every atom 1: the rarity-weighted Jaccard is then the paper's.
+    plain = run_compare(compare_args("--dictionaries-a", str(a), "--dictionaries-b", str(b), "--by", "token", "--rarity-power", "0", "--out", str(tmp_path / "p0")))
+    assert plain["rarity_power"] == 0.0 and plain["similarity"][RARITY_JACCARD] == plain["similarity"][JACCARD]
+    assert result["similarity"][RARITY_JACCARD] != plain["similarity"][RARITY_JACCARD]
+    with pytest.raises(ValueError, match="--rarity-power"):
+        run_compare(compare_args("--dictionaries-a", str(a), "--dictionaries-b", str(b), "--rarity-power", "-1", "--out", str(tmp_path / "bad")))
 
 
 @pytest.mark.parametrize("backend", ["transformer_lens", "nnsight"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from pathlib import Path
 def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``compare`` command to the ``itda-lens`` sub-commands."""
     from itda_lens.tools.compare.comparison import ALL_MEASURES
-    from itda_lens.tools.compare.jaccard import EXACT
+    from itda_lens.tools.compare.jaccard import EXACT, RARITY_POWER
     from itda_lens.tools.options import add_dictionary_args, add_run_args, add_text_args, fraction, positive_int
 
     parser = subparsers.add_parser("compare", help="compare two models (or two sets of dictionaries) layer by layer", description=__doc__)
@@ -47,6 +48,10 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--min-overlap", type=float, default=EXACT,
         help="atoms match when their spans' overlap over union reaches this, in (0.5, 1]; 1: equal spans (two tokenizers: try 0.6)",
+    )
+    parser.add_argument(
+        "--rarity-power", type=float, default=RARITY_POWER,
+        help="itda_rarity_jaccard: an atom held by n of its model's layers weighs n ** -power (0: the paper's Jaccard); choose it on pilot models like yours",
     )
     models.add_argument("--align", default="span", choices=["span", "end"], help="baselines on tokens of equal spans, or on tokens that end at the same character")
     parser.add_argument("--out", type=Path, required=True, help="folder for comparison.json and similarity.png")
@@ -73,6 +78,8 @@ def run_compare(args: argparse.Namespace) -> dict:
         raise ValueError(f"--min-overlap must lie in (0.5, 1] (above one half the matching is one-to-one), got {args.min_overlap}.")
     if args.by == "token" and args.min_overlap < 1.0:
         raise ValueError("--min-overlap below 1 needs --by span (token indices have no overlap).")
+    if not math.isfinite(args.rarity_power) or args.rarity_power < 0:
+        raise ValueError(f"--rarity-power must be a finite number >= 0, got {args.rarity_power}.")
     check_out_folder(args.out)
     heatmap = args.out / "similarity.png"
     if with_saved:
@@ -80,14 +87,15 @@ def run_compare(args: argparse.Namespace) -> dict:
         args.out.mkdir(exist_ok=True)
         result = compare_dictionaries(
             *dictionaries, by=args.by, shared_tokens=args.shared_tokens, heatmap=heatmap,
-            name_a=str(args.dictionaries_a), name_b=str(args.dictionaries_b), min_overlap=args.min_overlap,
+            name_a=str(args.dictionaries_a), name_b=str(args.dictionaries_b), min_overlap=args.min_overlap, rarity_power=args.rarity_power,
         )
     else:
         text_documents(args)  # the text can be read, before any model is loaded
         args.out.mkdir(exist_ok=True)
         layers = [_model_layers(args, name, hooks) for name, hooks in ((args.model_a, args.hook_a), (args.model_b, args.hook_b))]
         result = compare_models(
-            *layers, measures=args.measures, by=args.by, max_tokens=args.baseline_tokens, heatmap=heatmap, min_overlap=args.min_overlap, align=args.align
+            *layers, measures=args.measures, by=args.by, max_tokens=args.baseline_tokens, heatmap=heatmap, min_overlap=args.min_overlap, align=args.align,
+            rarity_power=args.rarity_power,
         )
     (args.out / "comparison.json").write_text(json.dumps(result, indent=1))
     _print_summary(result)
@@ -162,7 +170,7 @@ def _print_summary(result: dict) -> None:
     width = max(map(len, result["summary"]), default=0)
     for measure, entry in result["summary"].items():
         print(f"{measure:>{width}}: best layer of B for each layer of A {entry['best_match_b']}; relative-depth accuracy {entry['matching_accuracy']:.2f}")
-    for key, label in (("jaccard_interval", "ITDA Jaccard"), ("rarity_jaccard_interval", "rarity-weighted ITDA Jaccard")):
+    for key, label in (("jaccard_interval", "ITDA Jaccard"), ("rarity_jaccard_interval", f"rarity-weighted ITDA Jaccard (power {result['rarity_power']:g})")):
         if key in result:
             interval = result[key]
             print(f"{label} relative-depth accuracy {interval['value']:.3f}, 95% interval over documents [{interval['low']:.3f}, {interval['high']:.3f}]")

@@ -53,9 +53,8 @@ JACCARD = "itda_jaccard"
 RARITY_JACCARD = "itda_rarity_jaccard"
 WEIGHTED_JACCARD = "itda_weighted_jaccard"
 ALL_MEASURES = (JACCARD, RARITY_JACCARD, WEIGHTED_JACCARD, *MEASURES)
-#: The dictionary measures computed from per-document counts (:func:`dictionary_counts`),
-#: each with its rarity power (0: every atom weighs 1).
-COUNTED = {JACCARD: 0.0, RARITY_JACCARD: RARITY_POWER}
+#: The dictionary measures computed from per-document counts (:func:`dictionary_counts`).
+COUNTED = (JACCARD, RARITY_JACCARD)
 #: Default row budgets of the measures whose cost grows with the square of the tokens.
 MEASURE_TOKENS = {"mutual_knn": 2048}
 
@@ -140,10 +139,12 @@ def model_similarities(
     seed: int = 0,
     min_overlap: float = EXACT,
     align: Align = "span",
+    rarity_power: float = RARITY_POWER,
 ) -> dict[str, dict[tuple[str, str], Float[Tensor, "layers_a layers_b"]]]:
     """Layer x layer matrices of every pair of ``models`` (``(a, b)`` with ``a`` before
     ``b``, and ``(a, a)`` with ``include_self``) by every measure. The baselines see the
-    same occurrences for every model (:func:`shared_token_rows`)."""
+    same occurrences for every model (:func:`shared_token_rows`); the rarity-weighted
+    Jaccard weighs atoms with ``rarity_power``."""
     measures = _check_measures(measures)
     check_min_overlap(min_overlap, by)
     names = [m.name for m in models]
@@ -155,7 +156,7 @@ def model_similarities(
     if JACCARD in measures:
         out[JACCARD] = {(a, b): jaccard_matrix(by_name[a].dictionaries, by_name[b].dictionaries, by=by, min_overlap=min_overlap) for a, b in pairs}
     if RARITY_JACCARD in measures:
-        weights = {name: rarity_weights(list(by_name[name].dictionaries.values()), by) for name in names}
+        weights = {name: rarity_weights(list(by_name[name].dictionaries.values()), by, power=rarity_power) for name in names}
         out[RARITY_JACCARD] = {(a, b): ruzicka_matrix(weights[a], weights[b], min_overlap) for a, b in pairs}
     baselines = [m for m in measures if m not in (JACCARD, RARITY_JACCARD, WEIGHTED_JACCARD)]
     if baselines or WEIGHTED_JACCARD in measures:
@@ -188,15 +189,17 @@ def layer_similarities(
     seed: int = 0,
     min_overlap: float = EXACT,
     align: Align = "span",
+    rarity_power: float = RARITY_POWER,
 ) -> dict[str, Float[Tensor, "layers_a layers_b"]]:
     """One layer x layer matrix per measure, rows for ``a``'s hooks, columns for ``b``'s
     (``a`` may be ``b``)."""
+    options = {"seed": seed, "min_overlap": min_overlap, "align": align, "rarity_power": rarity_power}
     if a is b:
-        found = model_similarities([a], measures, by, max_tokens, measure_tokens, include_self=True, seed=seed, min_overlap=min_overlap, align=align)
+        found = model_similarities([a], measures, by, max_tokens, measure_tokens, include_self=True, **options)
         return {m: pairs[(a.name, a.name)] for m, pairs in found.items()}
     if a.name == b.name:
         raise ValueError(f"two different models are both named {a.name!r}; give them distinct names.")
-    found = model_similarities([a, b], measures, by, max_tokens, measure_tokens, include_self=False, seed=seed, min_overlap=min_overlap, align=align)
+    found = model_similarities([a, b], measures, by, max_tokens, measure_tokens, include_self=False, **options)
     return {m: pairs[(a.name, b.name)] for m, pairs in found.items()}
 
 
@@ -250,12 +253,13 @@ def compare_models(
     heatmap: str | Path | None = None,
     min_overlap: float = EXACT,
     align: Align = "span",
+    rarity_power: float = RARITY_POWER,
 ) -> dict:
     """Layer x layer similarity of two models by every measure, the Jaccard null, per-measure
     best matches, the intervals of the (plain and rarity-weighted) ITDA Jaccard's matching
     accuracy (:func:`jaccard_interval`) and (with ``heatmap``) a PNG of the matrices. JSON-able."""
     measures = _check_measures(measures)
-    counts = dictionary_counts(a.dictionaries, b.dictionaries, measures, by, min_overlap)
+    counts = dictionary_counts(a.dictionaries, b.dictionaries, measures, by, min_overlap, rarity_power)
     others = layer_similarities(a, b, [m for m in measures if m not in counts], by, max_tokens, measure_tokens, min_overlap=min_overlap, align=align)
     similarity = {m: counts[m].jaccard()[0] if m in counts else others[m] for m in measures}
     population_a, population_b, shared = shared_occurrences(a, b, by, min_overlap)
@@ -267,6 +271,7 @@ def compare_models(
         "by": by,
         "min_overlap": min_overlap,
         "align": align,
+        "rarity_power": rarity_power,
         "tokens_a": population_a,
         "tokens_b": population_b,
         "shared_tokens": shared,
@@ -285,16 +290,22 @@ def compare_models(
 
 
 def dictionary_counts(
-    dictionaries_a: Mapping[str, ITDA], dictionaries_b: Mapping[str, ITDA], measures: Sequence[str] = tuple(COUNTED), by: KeyMode = "span", min_overlap: float = EXACT
+    dictionaries_a: Mapping[str, ITDA],
+    dictionaries_b: Mapping[str, ITDA],
+    measures: Sequence[str] = COUNTED,
+    by: KeyMode = "span",
+    min_overlap: float = EXACT,
+    rarity_power: float = RARITY_POWER,
 ) -> dict[str, DocumentCounts]:
     """The per-document counts (:func:`~itda_lens.tools.compare.intervals.document_counts`)
-    of the plain and the rarity-weighted ITDA Jaccard among ``measures``: each measure's
-    matrix (``counts.jaccard()[0]``) and its interval (:func:`jaccard_interval`) come from
-    them, so atoms are matched once."""
+    of the plain and the rarity-weighted ITDA Jaccard (with ``rarity_power``) among
+    ``measures``: each measure's matrix (``counts.jaccard()[0]``) and its interval
+    (:func:`jaccard_interval`) come from them, so atoms are matched once."""
     values_a, values_b = list(dictionaries_a.values()), list(dictionaries_b.values())
     if not values_a or not values_b:
         raise ValueError("give at least one dictionary.")
-    return {m: document_counts(values_a, values_b, by, min_overlap, rarity_power=power) for m, power in COUNTED.items() if m in measures}
+    powers = {JACCARD: 0.0, RARITY_JACCARD: rarity_power}
+    return {m: document_counts(values_a, values_b, by, min_overlap, rarity_power=powers[m]) for m in COUNTED if m in measures}
 
 
 def jaccard_interval(counts: DocumentCounts) -> dict[str, float]:
@@ -319,13 +330,14 @@ def compare_dictionaries(
     name_a: str = "A",
     name_b: str = "B",
     min_overlap: float = EXACT,
+    rarity_power: float = RARITY_POWER,
 ) -> dict:
-    """ITDA Jaccard, plain and rarity-weighted, of two models' saved dictionaries (no model
-    needed; give every layer of each) with the intervals of their matching accuracy, and
-    the plain one's null when the build token counts are recorded and
+    """ITDA Jaccard, plain and rarity-weighted (with ``rarity_power``), of two models' saved
+    dictionaries (no model needed; give every layer of each) with the intervals of their
+    matching accuracy, and the plain one's null when the build token counts are recorded and
     equal (or ``shared_tokens`` is given: with ``min_overlap < 1``, the built-from tokens
     of the two that match by that rule)."""
-    counts = dictionary_counts(dictionaries_a, dictionaries_b, by=by, min_overlap=min_overlap)
+    counts = dictionary_counts(dictionaries_a, dictionaries_b, by=by, min_overlap=min_overlap, rarity_power=rarity_power)
     similarity = {m: c.jaccard()[0] for m, c in counts.items()}
     result: dict = {
         "model_a": name_a,
@@ -334,6 +346,7 @@ def compare_dictionaries(
         "hooks_b": list(dictionaries_b),
         "by": by,
         "min_overlap": min_overlap,
+        "rarity_power": rarity_power,
         "n_atoms_a": [d.n_atoms for d in dictionaries_a.values()],
         "n_atoms_b": [d.n_atoms for d in dictionaries_b.values()],
         "similarity": {m: _rows(s) for m, s in similarity.items()},
