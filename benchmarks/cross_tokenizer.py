@@ -81,6 +81,7 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     itda.add_argument("--max-atoms", type=int, default=8000)
     itda.add_argument("--min-overlap", type=float, default=0.6, help="overlap over union of two atoms' spans for them to match")
     itda.add_argument("--min-overlaps", type=float, nargs="*", default=[], help="also print ITDA Jaccard's accuracy at these")
+    itda.add_argument("--rarity-power", type=float, default=RARITY_POWER, help="the rarity-weighted ITDA Jaccard's power (atoms weigh n ** -power)")
     measures = p.add_argument_group("measures")
     measures.add_argument("--align", default="end", choices=["end", "span"], help="how the baselines' occurrences are lined up")
     measures.add_argument("--baseline-tokens", type=int, default=8192)
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
     if RARITY_JACCARD in args.measures:
         rarity_counts = {
             (a, b): document_counts(
-                list(by_name[a].dictionaries.values()), list(by_name[b].dictionaries.values()), "span", args.min_overlap, docs, rarity_power=RARITY_POWER
+                list(by_name[a].dictionaries.values()), list(by_name[b].dictionaries.values()), "span", args.min_overlap, docs, rarity_power=args.rarity_power
             )
             for a, b in pairs
         }
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
         return Interval.of_draws(accuracies(measure, subset, include_self, overlap))
 
     n = len(names)
-    print(f"\n{n} models; ITDA Jaccard with min_overlap {args.min_overlap}, baselines aligned by {args.align}")
+    print(f"\n{n} models; ITDA Jaccard with min_overlap {args.min_overlap} (rarity power {args.rarity_power:g}), baselines aligned by {args.align}")
     print("accuracy [95% bootstrap interval]; ITDA Jaccard redraws models and documents, the baselines models only")
     header = f"{'measure':<22} {'same tokenizer, cross-model':>28} {'same tokenizer, with self':>28} {'cross-tokenizer':>28}"
     print(header)
