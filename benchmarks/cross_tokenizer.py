@@ -178,12 +178,18 @@ def main(argv: list[str] | None = None) -> dict:
     cross = [(a, b) for a, b in pairs if group[a] != group[b]]
     draws = {"draws": args.draws, "groups": group}
 
+    computed: dict[tuple, torch.Tensor] = {}
+
     def accuracies(measure: str, subset: list, include_self: bool, overlap: float = args.min_overlap) -> torch.Tensor:
-        """Accuracy and its bootstrap draws; every measure redraws the same models."""
-        if measure in dictionary_measures:
-            found = counts[overlap] if measure == JACCARD else rarity_counts
-            return accuracy_draws(counts={p: found[p] for p in subset}, include_self=include_self, **draws)
-        return accuracy_draws({p: matrices[measure][p] for p in subset}, include_self=include_self, resample="models", **draws)
+        """Accuracy and its bootstrap draws (each computed once); every measure redraws the same models."""
+        key = (measure, tuple(subset), include_self, overlap)
+        if key not in computed:
+            if measure in dictionary_measures:
+                found = counts[overlap] if measure == JACCARD else rarity_counts
+                computed[key] = accuracy_draws(counts={p: found[p] for p in subset}, include_self=include_self, **draws)
+            else:
+                computed[key] = accuracy_draws({p: matrices[measure][p] for p in subset}, include_self=include_self, resample="models", **draws)
+        return computed[key]
 
     def interval(measure: str, subset: list, include_self: bool, overlap: float = args.min_overlap):
         if not include_self and all(a == b for a, b in subset):

@@ -122,6 +122,15 @@ def test_document_counts_give_the_jaccard_and_redraw_documents():
     assert 0.0 <= found.low <= found.value <= found.high <= 1.0
 
 
+def hand_dictionary(*keys) -> ITDA:
+    """A dictionary of random atoms at hand-made ``(doc, start, end)`` spans."""
+    doc, start, end = (torch.tensor(c, dtype=torch.long) for c in zip(*keys))
+    provenance = Provenance(doc, torch.arange(len(keys)), start, end, torch.zeros(len(keys), dtype=torch.long))
+    return ITDA.from_atoms(torch.randn(len(keys), 4), k=1, provenance=provenance)
+
+
+X, Y, Z, W = (1, 0, 2), (1, 3, 5), (2, 0, 4), (2, 5, 9)
+
 
 def test_difference_interval_pairs_the_draws_of_two_measures():
     pairs = [("a", "b"), ("a", "c"), ("b", "c")]
@@ -143,15 +152,6 @@ def test_difference_interval_pairs_the_draws_of_two_measures():
     torch.testing.assert_close(from_counts, accuracy_draws(matrices, resample="models", draws=50), rtol=0, atol=0, equal_nan=True)
     with pytest.raises(ValueError, match="same number of draws"):
         difference_interval(ahead, behind[:10])
-
-def hand_dictionary(*keys) -> ITDA:
-    """A dictionary of random atoms at hand-made ``(doc, start, end)`` spans."""
-    doc, start, end = (torch.tensor(c, dtype=torch.long) for c in zip(*keys))
-    provenance = Provenance(doc, torch.arange(len(keys)), start, end, torch.zeros(len(keys), dtype=torch.long))
-    return ITDA.from_atoms(torch.randn(len(keys), 4), k=1, provenance=provenance)
-
-
-X, Y, Z, W = (1, 0, 2), (1, 3, 5), (2, 0, 4), (2, 5, 9)
 
 
 def test_rarity_weights_favour_atoms_of_one_layer():

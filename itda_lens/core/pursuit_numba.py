@@ -143,9 +143,10 @@ def screened_steps(
     sums over the steps so far (:mod:`itda_lens.core.gram_rows`). Each step computes
     exactly, from the residual, the correlations of the atoms whose entries may be the
     largest within those bounds (the top one's group first, then the groups whose bound
-    reaches the best found), and takes the largest. A token whose step would compute more than :data:`SCREENED` of
-    them pauses; the paused tokens' correlations are then computed exactly (one product),
-    which sets their bounds to 0. The chosen atoms' Gram block is computed at the end."""
+    reaches the best found), and takes the largest. A token whose step would compute
+    more than :data:`SCREENED` of them pauses; the paused tokens' correlations are then
+    computed exactly (one product), which sets their bounds to 0. The chosen atoms' Gram
+    block is computed at the end."""
     m, width = correlations.shape
     n_atoms = gram.n_atoms
     exact = correlations[:, :n_atoms]

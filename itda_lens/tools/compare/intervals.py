@@ -56,7 +56,8 @@ class Interval:
         the bootstrap draws after it (NaN draws left out)."""
         if not 0.0 < level < 1.0:
             raise ValueError(f"level must lie in (0, 1), got {level}.")
-        decided = draws[1:][~draws[1:].isnan()]
+        redrawn = draws[1:]
+        decided = redrawn[~redrawn.isnan()]
         tail = (1.0 - level) / 2
         low, high = torch.quantile(decided, torch.tensor([tail, 1.0 - tail], dtype=torch.float64)).tolist()
         return cls(float(draws[0]), low, high)
@@ -214,4 +215,3 @@ def difference_interval(
     if first.shape != second.shape:
         raise ValueError(f"both measures need the same number of draws, got {len(first) - 1} and {len(second) - 1}.")
     return Interval.of_draws(first - second, level)
-
